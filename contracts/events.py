@@ -1,0 +1,180 @@
+"""Every fact on the bus, as one tagged union of frozen msgspec Structs.
+
+The envelope fields (on `Event`) are on every event; the `type` tag names the fact and
+`schema_version` its shape, so a reader can upcast old shapes (see codec.py). Evolution rule, from
+msgspec's schema-evolution guide: a new field gets a default, no field is ever retyped or renamed.
+"""
+
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+import msgspec
+from refbus.contracts.vocabulary import (
+    CancelReason,
+    Dimension,
+    ErrorReason,
+    FailReason,
+    Guardian,
+    HoldReason,
+    LegalBasis,
+    Outcome,
+    RejectReason,
+    Sector,
+    Status,
+    Urgency,
+)
+
+ChildRef = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^c[0-9a-f]{16}$",
+        description="Pseudonymous child reference issued by the referring system; never a name or national id.",
+    ),
+]
+WorkerRef = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^w[0-9a-f]{8,16}$", description="Pseudonymous id of the acting worker."),
+]
+HouseholdRef = Annotated[
+    str, msgspec.Meta(pattern=r"^h[0-9a-f]{16}$", description="Pseudonymous household reference.")
+]
+ServiceCode = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z_]{3,40}$", description="A service from the receiving sector's catalogue."
+    ),
+]
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event carries."""
+
+    event_id: UUID
+    schema_version: int = 1
+    child: ChildRef
+    from_sector: Sector
+    "The sector stating this fact; a server permission pins it to the publisher's own sector."
+    to_sector: Sector | None = None
+    "The sector this fact is addressed to (its inbox); none for a sector's own case notes."
+    occurred_at: UtcTime
+    actor: WorkerRef
+    correlation_id: UUID
+    "The referral chain this event belongs to: shared by all events that one request set off."
+    causation_id: UUID | None = None
+    "The event that made this one happen."
+
+
+class ReferralEvent(Event, frozen=True, kw_only=True):
+    referral_id: UUID
+
+
+# -- referral lifecycle (FHIR Task.status) -----------------------------------------------------
+
+
+class ReferralRequested(ReferralEvent, frozen=True, kw_only=True, tag="referral.requested"):
+    dimension: Dimension
+    service: ServiceCode
+    urgency: Urgency
+    legal_basis: LegalBasis
+    respond_by: UtcTime | None = None
+    "When the referrer expects a decision; overdue referrals are escalated."
+
+
+class ReferralReceived(ReferralEvent, frozen=True, kw_only=True, tag="referral.received"):
+    """The receiving system got the referral: an automatic delivery receipt, not a decision."""
+
+
+class ReferralAccepted(ReferralEvent, frozen=True, kw_only=True, tag="referral.accepted"):
+    pass
+
+
+class ReferralRejected(ReferralEvent, frozen=True, kw_only=True, tag="referral.rejected"):
+    reason: RejectReason
+
+
+class ReferralInProgress(ReferralEvent, frozen=True, kw_only=True, tag="referral.in-progress"):
+    """Work has started, or resumed after a hold."""
+
+
+class ReferralOnHold(ReferralEvent, frozen=True, kw_only=True, tag="referral.on-hold"):
+    reason: HoldReason
+
+
+class ReferralCompleted(ReferralEvent, frozen=True, kw_only=True, tag="referral.completed"):
+    outcome: Outcome
+
+
+class ReferralFailed(ReferralEvent, frozen=True, kw_only=True, tag="referral.failed"):
+    reason: FailReason
+
+
+class ReferralCancelled(ReferralEvent, frozen=True, kw_only=True, tag="referral.cancelled"):
+    """Either side may cancel; `from_sector` and `actor` say who did."""
+
+    reason: CancelReason
+
+
+class ReferralEnteredInError(ReferralEvent, frozen=True, kw_only=True, tag="referral.entered-in-error"):
+    reason: ErrorReason
+
+
+# -- case ---------------------------------------------------------------------------------------
+
+
+class CaseOpened(Event, frozen=True, kw_only=True, tag="case.opened"):
+    household: HouseholdRef
+
+
+class VulnerabilityIdentified(Event, frozen=True, kw_only=True, tag="case.vulnerability-identified"):
+    dimension: Dimension
+
+
+class ConsentRecorded(Event, frozen=True, kw_only=True, tag="case.consent-recorded"):
+    given_by: Guardian
+    sectors: tuple[Sector, ...]
+    "The sectors the guardian agreed may receive this child's referrals."
+
+
+class ConsentWithdrawn(Event, frozen=True, kw_only=True, tag="case.consent-withdrawn"):
+    withdrawn_by: Guardian
+    sectors: tuple[Sector, ...]
+
+
+AnyEvent = (
+    ReferralRequested
+    | ReferralReceived
+    | ReferralAccepted
+    | ReferralRejected
+    | ReferralInProgress
+    | ReferralOnHold
+    | ReferralCompleted
+    | ReferralFailed
+    | ReferralCancelled
+    | ReferralEnteredInError
+    | CaseOpened
+    | VulnerabilityIdentified
+    | ConsentRecorded
+    | ConsentWithdrawn
+)
+
+ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+
+# The business status each referral event moves its referral to; `received` moves none.
+STATUS_AFTER: dict[type[ReferralEvent], Status] = {
+    ReferralRequested: Status.REQUESTED,
+    ReferralAccepted: Status.ACCEPTED,
+    ReferralRejected: Status.REJECTED,
+    ReferralInProgress: Status.IN_PROGRESS,
+    ReferralOnHold: Status.ON_HOLD,
+    ReferralCompleted: Status.COMPLETED,
+    ReferralFailed: Status.FAILED,
+    ReferralCancelled: Status.CANCELLED,
+    ReferralEnteredInError: Status.ENTERED_IN_ERROR,
+}
+
+
+def event_type(event: Event) -> str:
+    """The wire tag of an event, e.g. ``referral.accepted``."""
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

@@ -1,0 +1,57 @@
+"""The only place subjects and stream names are spelled.
+
+Log subject: ``refbus.ev.<child>.<from_sector>.<to_sector>`` in the stream REFBUS.
+- a sector's inbox is one consumer filter:          ``refbus.ev.*.*.<sector>``
+- a server permission pins a sender to itself:      publish allow ``refbus.ev.*.<sector>.*``
+- one child's events are one filter:                ``refbus.ev.<child>.>`` (used for the per-child
+  optimistic-concurrency check, which the server answers from its subject index)
+Reading a child's history by that wildcard costs a scan that grows with the log, so a mirror stream
+REFBUS_CHILDREN re-keys every event to the literal subject ``refbus.child.<child>`` (same sequence
+numbers as REFBUS) and history is read there. docs/subjects.md has the measurements behind this.
+"""
+
+from refbus.contracts.vocabulary import Sector
+
+PREFIX = "refbus"
+STREAM = "REFBUS"
+CHILD_INDEX_STREAM = "REFBUS_CHILDREN"
+DEAD_LETTER_STREAM = "REFBUS_DEAD_LETTERS"
+
+NO_SECTOR = "none"
+
+LOG_SUBJECTS = f"{PREFIX}.ev.>"
+CHILD_INDEX_SUBJECTS = f"{PREFIX}.child.>"
+DEAD_LETTER_SUBJECTS = f"{PREFIX}.dead.>"
+
+# Mirror transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
+CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")
+
+
+def event_subject(child: str, from_sector: Sector, to_sector: Sector | None) -> str:
+    to = to_sector.value if to_sector is not None else NO_SECTOR
+    return f"{PREFIX}.ev.{child}.{from_sector.value}.{to}"
+
+
+def child_filter(child: str) -> str:
+    """All of one child's subjects in REFBUS."""
+    return f"{PREFIX}.ev.{child}.>"
+
+
+def child_index_subject(child: str) -> str:
+    """One child's literal subject in the REFBUS_CHILDREN mirror."""
+    return f"{PREFIX}.child.{child}"
+
+
+def inbox_filter(sector: Sector) -> str:
+    """Everything addressed to one sector."""
+    return f"{PREFIX}.ev.*.*.{sector.value}"
+
+
+def sender_permission(sector: Sector) -> str:
+    """The publish permission that lets a sector write only as itself."""
+    return f"{PREFIX}.ev.*.{sector.value}.*"
+
+
+def dead_letter_subject(sector: Sector | str) -> str:
+    name = sector.value if isinstance(sector, Sector) else sector
+    return f"{PREFIX}.dead.{name}"

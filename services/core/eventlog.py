@@ -1,0 +1,199 @@
+"""The JetStream event log: append with per-child optimistic concurrency, read one child's history.
+
+Every append is awaited until JetStream acknowledges it, carries `Nats-Msg-Id` = event id, and
+expects the child's last sequence (over all of the child's subjects). Lifecycle rules are checked
+against the state folded from exactly that sequence, so an illegal event is never stored and a
+concurrent writer is detected instead of overwritten.
+"""
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
+from refbus.contracts import codec, subjects
+from refbus.contracts.events import AnyEvent, Event, event_type
+from refbus.services.referral import lifecycle
+from refbus.services.referral.state import ChildState, apply
+
+log = structlog.get_logger(__name__)
+
+WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error codes
+HISTORY_PAGE = 512
+
+
+class ConcurrencyConflict(Exception):
+    """Another write reached the child first; re-read its history and decide again."""
+
+    def __init__(self, child: str, expected: int, detail: str) -> None:
+        super().__init__(f"child {child}: expected last sequence {expected}, server says {detail}")
+        self.child = child
+        self.expected = expected
+
+
+class IndexBehind(Exception):
+    """The child index has not yet mirrored an event the caller knows is in the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    "Sequence in REFBUS: the log's total order, shared with the REFBUS_CHILDREN index."
+    stored_at: datetime
+    event: AnyEvent | None
+    error: str | None = None
+    "Why the stored bytes could not be decoded (written by a foreign or broken publisher)."
+
+
+def headers_for(event: Event, expected_last_seq: int) -> dict[str, str]:
+    return {
+        "Nats-Msg-Id": str(event.event_id),
+        "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+        "Nats-Expected-Last-Subject-Sequence-Subject": subjects.child_filter(event.child),
+        # What operators may see without reading the payload (no personal data in headers).
+        "Refbus-Event-Type": event_type(event),
+        "Refbus-Schema-Version": str(event.schema_version),
+        "Refbus-Correlation-Id": str(event.correlation_id),
+    }
+
+
+Decide = Callable[[ChildState], Sequence[Event]]
+
+
+class EventLog:
+    def __init__(self, nc: NATS, js: JetStreamContext | None = None, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = js or nc.jetstream(timeout=timeout)
+        self.timeout = timeout
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def append(self, event: Event, expected_last_seq: int) -> int:
+        """Store one event if the child's last sequence is still `expected_last_seq`.
+
+        No lifecycle check here: use `record` or `transact`, which check against the state at
+        exactly that sequence. Returns the event's stream sequence.
+        """
+        subject = subjects.event_subject(event.child, event.from_sector, event.to_sector)
+        try:
+            ack = await self.js.publish(
+                subject, codec.encode(event), timeout=self.timeout, headers=headers_for(event, expected_last_seq)
+            )
+        except BadRequestError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise ConcurrencyConflict(event.child, expected_last_seq, exc.description or "") from None
+            raise
+        return ack.seq
+
+    async def transact(self, child: str, decide: Decide, *, min_seq: int = 0, attempts: int = 10) -> list[int]:
+        """Load the child, let `decide` return new events, check and append them; on a conflict,
+        reload and decide again. Events already in the log are skipped (idempotent retries).
+        Returns the sequences of the events stored by this call."""
+        for attempt in range(attempts):
+            state = await self.load(child, min_seq=min_seq)
+            stored: list[int] = []
+            try:
+                for event in decide(state):
+                    if lifecycle.is_duplicate(state, event):
+                        continue
+                    lifecycle.check(state, event)
+                    seq = await self.append(event, state.last_seq)
+                    apply(state, event, seq)
+                    stored.append(seq)
+                return stored
+            except ConcurrencyConflict as conflict:
+                log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
+                await asyncio.sleep(0.002 * (attempt + 1))
+                # A conflict after some appends is fine: those are stored and will be in the reload.
+        raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
+
+    async def record(self, event: Event) -> int | None:
+        """Check and store one event. Returns its sequence, or None if it was already stored."""
+        stored = await self.transact(event.child, lambda _state: [event])
+        return stored[0] if stored else None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def load(self, child: str, *, min_seq: int = 0) -> ChildState:
+        """The child's current state; waits until the index holds the event at `min_seq`."""
+        state = ChildState(child=child)
+        for stored in await self.history(child, min_seq=min_seq):
+            if stored.event is not None:
+                apply(state, stored.event, stored.seq)
+            else:
+                state.last_seq = stored.seq  # unreadable, but the next append must still expect it
+        return state
+
+    async def history(
+        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 2.0
+    ) -> list[StoredEvent]:
+        """One child's events in log order, from the REFBUS_CHILDREN index.
+
+        `min_seq`: an event of this child the caller knows is stored; wait (up to `wait` s) until
+        the index has mirrored it. `upto_seq`: stop there (a replay as of that point)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            found = await self._read_index(child, upto_seq)
+            if not min_seq or (found and found[-1].seq >= min_seq):
+                return found
+            if asyncio.get_running_loop().time() > deadline:
+                raise IndexBehind(f"child index has not reached sequence {min_seq} for {child}")
+            await asyncio.sleep(0.002)
+
+    async def _read_index(self, child: str, upto_seq: int | None) -> list[StoredEvent]:
+        subject = subjects.child_index_subject(child)
+        found: list[StoredEvent] = []
+        start = 1
+        while True:
+            page, pending = await self._direct_get_batch(subjects.CHILD_INDEX_STREAM, subject, start, upto_seq)
+            found.extend(page)
+            if not page or pending == 0:
+                return found
+            start = page[-1].seq + 1
+
+    async def _direct_get_batch(
+        self, stream: str, subject: str, start: int, upto_seq: int | None
+    ) -> tuple[list[StoredEvent], int]:
+        """One batched direct get (server 2.11+): messages on `subject` from `start`, in one round
+        trip. nats-py has no helper for it, so this speaks the JetStream API by hand."""
+        request: dict[str, object] = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
+        if upto_seq is not None:
+            request["up_to_seq"] = upto_seq
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        page: list[StoredEvent] = []
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return page, 0
+                if status == "204":  # end of batch
+                    return page, int(headers.get("Nats-Num-Pending", 0))
+                if status:
+                    raise RuntimeError(f"direct get on {stream}: {status} {headers.get('Description')}")
+                page.append(_stored(msg.data, headers))
+        finally:
+            await sub.unsubscribe()
+
+
+def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:
+    seq = int(headers["Nats-Sequence"])
+    stored_at = parse_nats_time(headers["Nats-Time-Stamp"])
+    try:
+        return StoredEvent(seq, stored_at, codec.decode(data))
+    except codec.UndecodableEvent as exc:
+        return StoredEvent(seq, stored_at, None, exc.reason)
+
+
+def parse_nats_time(text: str) -> datetime:
+    """JetStream's RFC 3339 time with nanoseconds, cut to Python's microseconds."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}+00:00")

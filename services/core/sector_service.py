@@ -1,0 +1,235 @@
+"""One sector's service: a durable consumer on the sector's inbox, thin handlers around the policy.
+
+Ack policy is manual and explicit: ack after the resulting events are acknowledged by JetStream,
+nak with a growing delay on a transient failure (bounded by max_deliver; exhausted messages are
+captured in the dead-letter stream by their advisory), and set aside what cannot be decoded.
+"""
+
+import asyncio
+import hashlib
+import importlib
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from faststream import AckPolicy, FastStream
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from refbus.contracts import codec, subjects
+from refbus.contracts.events import (
+    AnyEvent,
+    ReferralEvent,
+    ReferralRequested,
+    event_type,
+)
+from refbus.contracts.vocabulary import Sector
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.logs import configure_logging
+from refbus.services.core.settings import Settings
+from refbus.services.referral.policy import SectorPolicy
+from refbus.services.referral.state import ChildState
+from refbus.services.referral.work import onward_request, receipt, step_event
+
+log = structlog.get_logger(__name__)
+
+MAX_DELIVER = 8
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """What operators see of a message set aside: where it is in the log and why, no payload."""
+
+    stream_seq: int
+    subject: str
+    consumer: str
+    reason: str
+    sha256: str
+    size: int
+    set_aside_at: datetime
+
+
+def inbox_consumer(sector: Sector) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=f"inbox-{sector.value}",
+        filter_subject=subjects.inbox_filter(sector),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=256,
+    )
+
+
+class SectorService:
+    def __init__(
+        self,
+        sector: Sector,
+        policy: SectorPolicy,
+        connection: Callable[[], NATS],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.sector = sector
+        self.policy = policy
+        self.clock = clock
+        self._connection = connection
+        self._eventlog: EventLog | None = None
+        # Events of one child are handled one at a time, in delivery order (asyncio locks are FIFO).
+        self._child_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def eventlog(self) -> EventLog:
+        # Built on first use: the broker connects before it delivers the first message.
+        if self._eventlog is None:
+            self._eventlog = EventLog(self._connection())
+        return self._eventlog
+
+    @property
+    def consumer_name(self) -> str:
+        return f"inbox-{self.sector.value}"
+
+    async def handle(self, body: bytes, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        seq = raw.metadata.sequence.stream
+        try:
+            event = codec.decode(body)
+        except codec.UndecodableEvent as exc:
+            await self.set_aside(raw.subject, seq, body, exc.reason)
+            await msg.ack()
+            return
+        if event.to_sector != self.sector:
+            await self.set_aside(raw.subject, seq, body, f"addressed to {event.to_sector}, not {self.sector.value}")
+            await msg.ack()
+            return
+        lock = self._child_locks[event.child]
+        with structlog.contextvars.bound_contextvars(
+            child=event.child, correlation_id=str(event.correlation_id), seq=seq, type=event_type(event)
+        ):
+            try:
+                async with lock:
+                    await self.react(event, seq, msg)
+            except Exception as exc:
+                delivered = raw.metadata.num_delivered
+                log.warning("handling_failed", error=repr(exc), delivered=delivered)
+                await msg.nack(delay=min(30.0, 0.5 * 2**delivered))
+                return
+            finally:
+                if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
+                    self._child_locks.pop(event.child, None)
+        await msg.ack()
+
+    async def react(self, event: AnyEvent, seq: int, msg: NatsMessage) -> None:
+        match event:
+            case ReferralRequested():
+                await self.work_on(event, seq, msg)
+            case ReferralEvent():
+                # Closed loop: the receiver tells us, the referrer, how our referral went.
+                log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
+
+    async def work_on(self, request: ReferralRequested, seq: int, msg: NatsMessage) -> None:
+        """Acknowledge receipt, then take the policy's steps until it has nothing more to do."""
+        rid = request.referral_id
+
+        def receive(fresh: ChildState) -> list[ReferralEvent]:
+            referral = fresh.referrals[rid]
+            if referral.received_at is None and referral.is_open:
+                return [receipt(referral, request.child, self.clock(), request.event_id)]
+            return []
+
+        await self.eventlog.transact(request.child, receive, min_seq=seq)
+        cause = request.event_id
+        while True:
+            state = await self.eventlog.load(request.child, min_seq=seq)
+            referral = state.referrals[rid]
+            step = await self.policy.next_step(referral, state)
+            if step is None:
+                break
+            if step.delay:
+                await msg.in_progress()
+                await asyncio.sleep(step.delay)
+
+            def decide(fresh: ChildState, planned=step, seen=referral.status) -> list[ReferralEvent]:
+                # Re-check against the state at append time: a cancel may have come meanwhile.
+                if fresh.referrals[rid].status != seen:
+                    return []
+                return [step_event(planned, fresh.referrals[rid], request.child, self.sector, self.clock(), cause)]
+
+            await self.eventlog.transact(request.child, decide)
+        if referral.status.value == "completed":
+            await self.send_onward(request, state)
+
+    async def send_onward(self, request: ReferralRequested, state: ChildState) -> None:
+        referral = state.referrals[request.referral_id]
+        onward = await self.policy.onward(referral, state)
+        completed_by = request.event_id
+        events = [
+            onward_request(o, referral, i, request.child, self.clock(), completed_by)
+            for i, o in enumerate(onward)
+        ]
+        if events:
+            await self.eventlog.transact(request.child, lambda _fresh: events)
+            log.info("referred_onward", to=[e.to_sector.value for e in events if e.to_sector])
+
+    async def set_aside(self, subject: str, seq: int, body: bytes, reason: str) -> None:
+        """Dead-letter a message: its bytes stay in the append-only log; the record says where and why."""
+        record = DeadLetter(
+            stream_seq=seq,
+            subject=subject,
+            consumer=self.consumer_name,
+            reason=reason,
+            sha256=hashlib.sha256(body).hexdigest(),
+            size=len(body),
+            set_aside_at=self.clock(),
+        )
+        await self.eventlog.js.publish(
+            subjects.dead_letter_subject(self.sector),
+            msgspec.json.encode(record),
+            headers={"Nats-Msg-Id": f"dead:{self.consumer_name}:{seq}", "Refbus-Reason": reason[:200]},
+        )
+        log.warning("set_aside", seq=seq, reason=reason)
+
+
+def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 16) -> FastStream:
+    """The composition root of one sector's service."""
+    configure_logging()
+    broker = NatsBroker(
+        servers=(settings.nats_url or "").split(","),
+        name=f"refbus-{sector.value}",
+        logger=None,  # our structlog lines replace FastStream's two INFO lines per message
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+    )
+    service = SectorService(sector, policy, lambda: broker.connection)
+    broker.subscriber(
+        subjects.inbox_filter(sector),
+        stream=JStream(subjects.STREAM, declare=False),
+        durable=service.consumer_name,
+        config=inbox_consumer(sector),
+        pull_sub=PullSub(batch_size=32, timeout=2.0),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=workers,
+        title=f"{sector.value} inbox",
+        description=f"Referral events addressed to the {sector.value} sector.",
+    )(service.handle)
+
+    app = FastStream(broker, logger=None)
+
+    @app.after_startup
+    async def announce() -> None:
+        log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
+
+    app.service = service  # type: ignore[attr-defined]  # for tests and the CLI
+    return app
+
+
+def sector_app_factory(sector: Sector) -> Callable[..., FastStream]:
+    """`create_app` for a sector's main.py: its policy comes from services/<sector>/policy.py."""
+
+    def create_app(settings: Settings | None = None) -> FastStream:
+        settings = settings or Settings.from_env()
+        policy_module = importlib.import_module(f"refbus.services.{sector.value}.policy")
+        return build_app(sector, policy_module.build_policy(settings), settings)
+
+    return create_app

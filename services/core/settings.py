@@ -1,0 +1,30 @@
+"""Settings from the environment, with command-line flags taking precedence (see refbus.cli)."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str | None = None
+    "An existing server (comma-separated for a cluster); None starts the embedded one."
+    data_dir: Path = Path(".refbus")
+    replicas: int = 1
+    "Stream replicas: 1 on the embedded single node, 3 on a cluster."
+    sim_speed: float = 1.0
+    "Divides the simulated sectors' delays: 10 runs the simulation ten times faster."
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        env = os.environ
+        values: dict[str, object] = {
+            "nats_url": env.get("REFBUS_NATS_URL") or None,
+            "data_dir": Path(env.get("REFBUS_DATA_DIR", ".refbus")),
+            "replicas": int(env.get("REFBUS_REPLICAS", "1")),
+            "sim_speed": float(env.get("REFBUS_SIM_SPEED", "1")),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

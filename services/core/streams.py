@@ -1,0 +1,84 @@
+"""The streams refbus owns, and the one place that creates them.
+
+Only `provision` declares streams (services and FastStream subscribers declare nothing), so no
+process can silently rewrite the log's configuration.
+"""
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+from refbus.contracts import subjects
+
+# Dedup by Nats-Msg-Id is a short-term guard against retried publishes; lasting idempotency
+# comes from the per-child expected-sequence check, so the window (and its memory) stays modest.
+DUPLICATE_WINDOW_S = 120.0
+
+# Exhausted deliveries are captured next to our own dead letters, so nothing set aside is lost.
+MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.STREAM}.>"
+
+
+def _append_only(**kwargs: object) -> StreamConfig:
+    return StreamConfig(
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,  # a full stream refuses writes; it never drops old history
+        max_age=0,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        allow_direct=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def log_config(replicas: int = 1, max_bytes: int = -1) -> StreamConfig:
+    return _append_only(
+        name=subjects.STREAM,
+        description="refbus: every referral and case event, append-only",
+        subjects=[subjects.LOG_SUBJECTS],
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        max_bytes=max_bytes,
+        allow_atomic=True,
+    )
+
+
+def child_index_config(replicas: int = 1) -> StreamConfig:
+    src, dest = subjects.CHILD_INDEX_TRANSFORM
+    return _append_only(
+        name=subjects.CHILD_INDEX_STREAM,
+        description="refbus: REFBUS re-keyed by child, for reading one child's history",
+        mirror=StreamSource(
+            name=subjects.STREAM, subject_transforms=[SubjectTransform(src=src, dest=dest)]
+        ),
+        num_replicas=replicas,
+    )
+
+
+def dead_letter_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.DEAD_LETTER_STREAM,
+        description="refbus: messages set aside for operators, with the reason",
+        subjects=[subjects.DEAD_LETTER_SUBJECTS, MAX_DELIVERIES_ADVISORY],
+        num_replicas=replicas,
+    )
+
+
+async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1) -> None:
+    """Create the streams that do not exist yet; leave existing ones exactly as they are."""
+    for config in (
+        log_config(replicas, max_bytes),
+        child_index_config(replicas),
+        dead_letter_config(replicas),
+    ):
+        try:
+            await js.stream_info(config.name)  # type: ignore[arg-type]
+        except NotFoundError:
+            await js.add_stream(config)

@@ -1,0 +1,115 @@
+"""The rules an event must satisfy against the child's current state before it may be stored.
+
+`check` is pure and is called by the event log on every append: an illegal event is refused with a
+named reason and never stored. The transitions follow FHIR Task.status (see design-notes.md).
+"""
+
+from refbus.contracts.events import (
+    CaseOpened,
+    ConsentRecorded,
+    ConsentWithdrawn,
+    Event,
+    ReferralAccepted,
+    ReferralCancelled,
+    ReferralCompleted,
+    ReferralEnteredInError,
+    ReferralEvent,
+    ReferralFailed,
+    ReferralInProgress,
+    ReferralOnHold,
+    ReferralReceived,
+    ReferralRejected,
+    ReferralRequested,
+    VulnerabilityIdentified,
+)
+from refbus.contracts.vocabulary import SERVICE_CATALOGUE, LegalBasis, Status
+from refbus.services.referral.state import ChildState, Referral
+
+
+class IllegalEvent(Exception):
+    """The event breaks a lifecycle rule; `reason` says which. Nothing was stored."""
+
+    def __init__(self, event: Event, reason: str) -> None:
+        super().__init__(f"{type(event).__name__} {event.event_id}: {reason}")
+        self.event = event
+        self.reason = reason
+
+
+S = Status
+# Which status a receiver's decision may follow, per FHIR Task.
+_RECEIVER_MOVES: dict[type[ReferralEvent], frozenset[Status]] = {
+    ReferralAccepted: frozenset({S.REQUESTED}),
+    ReferralRejected: frozenset({S.REQUESTED}),
+    ReferralInProgress: frozenset({S.ACCEPTED, S.ON_HOLD}),
+    ReferralOnHold: frozenset({S.ACCEPTED, S.IN_PROGRESS}),
+    ReferralCompleted: frozenset({S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD}),
+    ReferralFailed: frozenset({S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD}),
+}
+_CANCELLABLE = frozenset({S.REQUESTED, S.ACCEPTED, S.IN_PROGRESS, S.ON_HOLD})
+
+
+def is_duplicate(state: ChildState, event: Event) -> bool:
+    """The event is already in the log: storing it again must be a no-op, not an error."""
+    return event.event_id in state.event_ids
+
+
+def check(state: ChildState, event: Event) -> None:
+    """Raise IllegalEvent unless `event` may follow `state`."""
+    if event.child != state.child:
+        raise IllegalEvent(event, f"belongs to child {event.child}, not {state.child}")
+    match event:
+        case ReferralRequested():
+            _check_request(state, event)
+        case ReferralEvent():
+            referral = state.referrals.get(event.referral_id)
+            if referral is None:
+                raise IllegalEvent(event, "no such referral for this child")
+            _check_addressing(event, referral)
+            _check_move(event, referral)
+        case CaseOpened():
+            if event.from_sector in state.open_cases:
+                raise IllegalEvent(event, f"{event.from_sector.value} already has a case open")
+        case VulnerabilityIdentified() | ConsentRecorded() | ConsentWithdrawn():
+            pass
+    if not isinstance(event, ReferralEvent) and event.to_sector is not None:
+        raise IllegalEvent(event, "case events are addressed to no sector")
+
+
+def _check_request(state: ChildState, event: ReferralRequested) -> None:
+    if event.referral_id in state.referrals:
+        raise IllegalEvent(event, "referral id already used")
+    if event.to_sector is None or event.to_sector == event.from_sector:
+        raise IllegalEvent(event, "a referral goes to another sector")
+    if event.service not in SERVICE_CATALOGUE[event.to_sector]:
+        raise IllegalEvent(event, f"{event.to_sector.value} offers no service {event.service!r}")
+    if event.legal_basis == LegalBasis.GUARDIAN_CONSENT and event.to_sector not in state.consent:
+        raise IllegalEvent(event, f"no consent on record for sharing with {event.to_sector.value}")
+
+
+def _check_addressing(event: ReferralEvent, referral: Referral) -> None:
+    either_side = isinstance(event, ReferralCancelled | ReferralEnteredInError)
+    if not either_side and event.from_sector != referral.receiver:
+        raise IllegalEvent(event, f"only the receiving sector ({referral.receiver.value}) may do this")
+    if event.from_sector not in (referral.referrer, referral.receiver):
+        raise IllegalEvent(event, f"{event.from_sector.value} is not a party to this referral")
+    if event.to_sector != referral.counterpart(event.from_sector):
+        raise IllegalEvent(event, "must be addressed to the other party of the referral")
+
+
+def _check_move(event: ReferralEvent, referral: Referral) -> None:
+    status = referral.status
+    if isinstance(event, ReferralReceived):
+        if referral.received_at is not None:
+            raise IllegalEvent(event, "receipt already acknowledged")
+        if status != S.REQUESTED:
+            raise IllegalEvent(event, f"cannot acknowledge receipt of a {status.value} referral")
+        return
+    if isinstance(event, ReferralCancelled):
+        allowed = _CANCELLABLE
+    elif isinstance(event, ReferralEnteredInError):
+        allowed = frozenset(Status) - {S.ENTERED_IN_ERROR}
+    else:
+        allowed = _RECEIVER_MOVES[type(event)]
+    if status not in allowed:
+        tag = type(event).__struct_config__.tag
+        raise IllegalEvent(event, f"{tag} is not allowed from status {status.value}")

@@ -1,0 +1,108 @@
+"""A child's state, folded from its events. Pure: no I/O, no clock."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from refbus.contracts.events import (
+    STATUS_AFTER,
+    CaseOpened,
+    ConsentRecorded,
+    ConsentWithdrawn,
+    Event,
+    ReferralEvent,
+    ReferralReceived,
+    ReferralRequested,
+    VulnerabilityIdentified,
+)
+from refbus.contracts.vocabulary import TERMINAL_STATUSES, Dimension, Sector, Status
+
+
+@dataclass
+class Referral:
+    referral_id: UUID
+    referrer: Sector
+    receiver: Sector
+    service: str
+    dimension: Dimension
+    requested_at: datetime
+    correlation_id: UUID
+    status: Status = Status.REQUESTED
+    received_at: datetime | None = None
+    decided_at: datetime | None = None
+    "When it was accepted or rejected."
+    closed_at: datetime | None = None
+    steps: dict[str, int] = field(default_factory=dict)
+    "How many events of each type this referral has: makes deterministic event ids possible."
+
+    @property
+    def is_open(self) -> bool:
+        return self.status not in TERMINAL_STATUSES
+
+    def counterpart(self, sector: Sector) -> Sector:
+        return self.receiver if sector == self.referrer else self.referrer
+
+
+@dataclass
+class ChildState:
+    child: str
+    last_seq: int = 0
+    "Stream sequence of the child's newest event: the expected sequence for the next append."
+    event_ids: set[UUID] = field(default_factory=set)
+    open_cases: set[Sector] = field(default_factory=set)
+    vulnerabilities: set[Dimension] = field(default_factory=set)
+    consent: set[Sector] = field(default_factory=set)
+    "Sectors the guardian currently consents may receive referrals."
+    referrals: dict[UUID, Referral] = field(default_factory=dict)
+
+
+def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
+    """Record one (already validated) event in the state, in place, and return it."""
+    state.event_ids.add(event.event_id)
+    state.last_seq = max(state.last_seq, seq)
+    match event:
+        case ReferralRequested():
+            assert event.to_sector is not None
+            state.referrals[event.referral_id] = Referral(
+                referral_id=event.referral_id,
+                referrer=event.from_sector,
+                receiver=event.to_sector,
+                service=event.service,
+                dimension=event.dimension,
+                requested_at=event.occurred_at,
+                correlation_id=event.correlation_id,
+            )
+        case ReferralEvent():
+            referral = state.referrals.get(event.referral_id)
+            if referral is None:  # only possible for foreign writes; `check` refuses them
+                return state
+            if isinstance(event, ReferralReceived):
+                referral.received_at = event.occurred_at
+            else:
+                referral.status = STATUS_AFTER[type(event)]
+                if referral.decided_at is None and referral.status in (Status.ACCEPTED, Status.REJECTED):
+                    referral.decided_at = event.occurred_at
+                if not referral.is_open:
+                    referral.closed_at = event.occurred_at
+        case CaseOpened():
+            state.open_cases.add(event.from_sector)
+        case VulnerabilityIdentified():
+            state.vulnerabilities.add(event.dimension)
+        case ConsentRecorded():
+            state.consent.update(event.sectors)
+        case ConsentWithdrawn():
+            state.consent.difference_update(event.sectors)
+    if isinstance(event, ReferralEvent) and event.referral_id in state.referrals:
+        steps = state.referrals[event.referral_id].steps
+        tag = type(event).__struct_config__.tag
+        steps[tag] = steps.get(tag, 0) + 1
+    return state
+
+
+def fold(child: str, events: Iterable[tuple[int, Event]]) -> ChildState:
+    """The child's state after its events, given as (stream sequence, event) in log order."""
+    state = ChildState(child=child)
+    for seq, event in events:
+        apply(state, event, seq)
+    return state

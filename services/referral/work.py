@@ -1,0 +1,66 @@
+"""Turns a sector's decisions into events, with ids derived from the referral and its step.
+
+Deterministic ids make a retried handler idempotent: the same step of the same referral always has
+the same event id, so the log stores it once (Nats-Msg-Id inside the dedup window, the child's
+recorded event ids after it).
+"""
+
+from datetime import datetime
+from hashlib import blake2b
+from uuid import UUID, uuid5
+
+from refbus.contracts.events import ReferralEvent, ReferralReceived, ReferralRequested
+from refbus.contracts.vocabulary import LegalBasis, Sector
+from refbus.services.referral.policy import OnwardReferral, Step
+from refbus.services.referral.state import Referral
+
+
+def worker_for(sector: Sector, referral_id: UUID, team_size: int = 12) -> str:
+    """A pseudonymous worker id: one of the sector's team, stable per referral."""
+    member = int.from_bytes(blake2b(referral_id.bytes, digest_size=2).digest()) % team_size
+    return "w" + blake2b(f"{sector.value}:{member}".encode(), digest_size=5).hexdigest()
+
+
+def step_event(
+    step: Step, referral: Referral, child: str, sector: Sector, now: datetime, causation_id: UUID | None
+) -> ReferralEvent:
+    tag = step.kind.__struct_config__.tag
+    occurrence = referral.steps.get(tag, 0) + 1
+    return step.kind(
+        event_id=uuid5(referral.referral_id, f"{tag}#{occurrence}"),
+        child=child,
+        from_sector=sector,
+        to_sector=referral.counterpart(sector),
+        occurred_at=now,
+        actor=worker_for(sector, referral.referral_id),
+        correlation_id=referral.correlation_id,
+        causation_id=causation_id,
+        referral_id=referral.referral_id,
+        **step.fields,
+    )
+
+
+def receipt(referral: Referral, child: str, now: datetime, causation_id: UUID) -> ReferralReceived:
+    """The automatic delivery acknowledgement the receiving system sends as soon as it has a referral."""
+    return step_event(Step(ReferralReceived), referral, child, referral.receiver, now, causation_id)  # type: ignore[return-value]
+
+
+def onward_request(
+    onward: OnwardReferral, source: Referral, index: int, child: str, now: datetime, causation_id: UUID
+) -> ReferralRequested:
+    """A new referral that `source`'s receiver sends on; same correlation chain as `source`."""
+    return ReferralRequested(
+        event_id=uuid5(source.referral_id, f"onward-event#{index}"),
+        referral_id=uuid5(source.referral_id, f"onward-referral#{index}"),
+        child=child,
+        from_sector=source.receiver,
+        to_sector=onward.to_sector,
+        occurred_at=now,
+        actor=worker_for(source.receiver, source.referral_id),
+        correlation_id=source.correlation_id,
+        causation_id=causation_id,
+        dimension=onward.dimension,
+        service=onward.service,
+        urgency=onward.urgency,
+        legal_basis=LegalBasis.CHILD_PROTECTION_DUTY,
+    )
