@@ -5,9 +5,10 @@ Log subject: ``refbus.ev.<child>.<from_sector>.<to_sector>`` in the stream REFBU
 - a server permission pins a sender to itself:      publish allow ``refbus.ev.*.<sector>.*``
 - one child's events are one filter:                ``refbus.ev.<child>.>`` (used for the per-child
   optimistic-concurrency check, which the server answers from its subject index)
-Reading a child's history by that wildcard costs a scan that grows with the log, so a mirror stream
-REFBUS_CHILDREN re-keys every event to the literal subject ``refbus.child.<child>`` (same sequence
-numbers as REFBUS) and history is read there. docs/subjects.md has the measurements behind this.
+Reading a child's history by that wildcard costs a scan that grows with the log, so a stream
+REFBUS_CHILDREN, sourced from REFBUS, re-keys every event to the literal subject
+``refbus.child.<child>`` and history is read there (each copy names its REFBUS sequence in the
+Nats-Stream-Source header). docs/subjects.md has the measurements behind this.
 """
 
 from refbus.contracts.vocabulary import Sector
@@ -23,7 +24,7 @@ LOG_SUBJECTS = f"{PREFIX}.ev.>"
 CHILD_INDEX_SUBJECTS = f"{PREFIX}.child.>"
 DEAD_LETTER_SUBJECTS = f"{PREFIX}.dead.>"
 
-# Mirror transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
+# Index transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
 CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")
 
 
@@ -38,7 +39,7 @@ def child_filter(child: str) -> str:
 
 
 def child_index_subject(child: str) -> str:
-    """One child's literal subject in the REFBUS_CHILDREN mirror."""
+    """One child's literal subject in the REFBUS_CHILDREN index."""
     return f"{PREFIX}.child.{child}"
 
 

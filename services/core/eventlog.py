@@ -15,7 +15,7 @@ from datetime import datetime
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
 from refbus.services.referral import lifecycle
@@ -34,16 +34,19 @@ class ConcurrencyConflict(Exception):
         super().__init__(f"child {child}: expected last sequence {expected}, server says {detail}")
         self.child = child
         self.expected = expected
+        # "wrong last sequence: N" names the child's actual last sequence: wait for the index to have it.
+        tail = detail.rsplit(":", 1)[-1].strip()
+        self.actual = int(tail) if tail.isdigit() else 0
 
 
 class IndexBehind(Exception):
-    """The child index has not yet mirrored an event the caller knows is in the log."""
+    """The child index has not yet copied an event the caller knows is in the log."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     seq: int
-    "Sequence in REFBUS: the log's total order, shared with the REFBUS_CHILDREN index."
+    "Sequence in REFBUS: the log's total order."
     stored_at: datetime
     event: AnyEvent | None
     error: str | None = None
@@ -95,7 +98,8 @@ class EventLog:
         reload and decide again. Events already in the log are skipped (idempotent retries).
         Returns the sequences of the events stored by this call."""
         for attempt in range(attempts):
-            state = await self.load(child, min_seq=min_seq)
+            # Decide on the child as it stands in the log now, not as far as the index got.
+            state = await self.load(child, min_seq=max(min_seq, await self.last_seq(child)))
             stored: list[int] = []
             try:
                 for event in decide(state):
@@ -107,9 +111,10 @@ class EventLog:
                     stored.append(seq)
                 return stored
             except ConcurrencyConflict as conflict:
+                # Appends made before the conflict are stored, legal, and will be in the reload.
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
-                await asyncio.sleep(0.002 * (attempt + 1))
-                # A conflict after some appends is fine: those are stored and will be in the reload.
+                min_seq = max(min_seq, conflict.actual)
+                await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
     async def record(self, event: Event) -> int | None:
@@ -118,6 +123,15 @@ class EventLog:
         return stored[0] if stored else None
 
     # -- reading ------------------------------------------------------------------------------
+
+    async def last_seq(self, child: str) -> int:
+        """The sequence of the child's newest event in REFBUS (0 if none), read from the stream
+        leader, so it includes every acknowledged write (a direct get might lag on a replica)."""
+        try:
+            msg = await self.js.get_msg(subjects.STREAM, subject=subjects.child_filter(child))
+        except NotFoundError:
+            return 0
+        return msg.seq or 0
 
     async def load(self, child: str, *, min_seq: int = 0) -> ChildState:
         """The child's current state; waits until the index holds the event at `min_seq`."""
@@ -135,7 +149,7 @@ class EventLog:
         """One child's events in log order, from the REFBUS_CHILDREN index.
 
         `min_seq`: an event of this child the caller knows is stored; wait (up to `wait` s) until
-        the index has mirrored it. `upto_seq`: stop there (a replay as of that point)."""
+        the index has copied it. `upto_seq`: stop there (a replay as of that point)."""
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = await self._read_index(child, upto_seq)
@@ -150,20 +164,25 @@ class EventLog:
         found: list[StoredEvent] = []
         start = 1
         while True:
-            page, pending = await self._direct_get_batch(subjects.CHILD_INDEX_STREAM, subject, start, upto_seq)
-            found.extend(page)
+            page, pending, last_index_seq = await self._direct_get_batch(
+                subjects.CHILD_INDEX_STREAM, subject, start
+            )
+            for stored in page:
+                if upto_seq is not None and stored.seq > upto_seq:
+                    return found
+                found.append(stored)
             if not page or pending == 0:
                 return found
-            start = page[-1].seq + 1
+            start = last_index_seq + 1
 
     async def _direct_get_batch(
-        self, stream: str, subject: str, start: int, upto_seq: int | None
-    ) -> tuple[list[StoredEvent], int]:
+        self, stream: str, subject: str, start: int
+    ) -> tuple[list[StoredEvent], int, int]:
         """One batched direct get (server 2.11+): messages on `subject` from `start`, in one round
-        trip. nats-py has no helper for it, so this speaks the JetStream API by hand."""
-        request: dict[str, object] = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
-        if upto_seq is not None:
-            request["up_to_seq"] = upto_seq
+        trip. nats-py has no helper for it, so this speaks the JetStream API by hand.
+        Returns the page, how many more match, and the index sequence of the page's last message."""
+        request = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
+        last_index_seq = start
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         page: list[StoredEvent] = []
@@ -174,18 +193,21 @@ class EventLog:
                 headers = msg.headers or {}
                 status = headers.get("Status")
                 if status == "404":
-                    return page, 0
+                    return page, 0, last_index_seq
                 if status == "204":  # end of batch
-                    return page, int(headers.get("Nats-Num-Pending", 0))
+                    return page, int(headers.get("Nats-Num-Pending", 0)), last_index_seq
                 if status:
                     raise RuntimeError(f"direct get on {stream}: {status} {headers.get('Description')}")
                 page.append(_stored(msg.data, headers))
+                last_index_seq = int(headers["Nats-Sequence"])
         finally:
             await sub.unsubscribe()
 
 
 def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:
-    seq = int(headers["Nats-Sequence"])
+    # The index is a sourced stream: "Nats-Stream-Source: REFBUS <origin seq> ..." gives the
+    # event's sequence in the log itself, which is what concurrency checks and replays speak.
+    seq = int(headers["Nats-Stream-Source"].split()[1])
     stored_at = parse_nats_time(headers["Nats-Time-Stamp"])
     try:
         return StoredEvent(seq, stored_at, codec.decode(data))

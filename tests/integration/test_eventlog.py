@@ -1,0 +1,117 @@
+"""The event log against a real nats-server with JetStream on disk."""
+
+import asyncio
+
+import pytest
+
+from refbus.contracts.events import (
+    ReferralAccepted,
+    ReferralCancelled,
+    ReferralCompleted,
+    ReferralInProgress,
+    ReferralReceived,
+    ReferralRejected,
+)
+from refbus.contracts.vocabulary import CancelReason, Outcome, RejectReason, Sector, Status
+from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
+from refbus.services.referral.lifecycle import IllegalEvent
+from tests.factories import answer, request
+
+pytestmark = pytest.mark.integration
+
+
+async def test_history_rebuilt_from_the_log_equals_what_happened(eventlog: EventLog, child: str) -> None:
+    req = request(child)
+    happened = [
+        req,
+        answer(ReferralReceived, req),
+        answer(ReferralAccepted, req),
+        answer(ReferralInProgress, req),
+        answer(ReferralCompleted, req, outcome=Outcome.SERVICE_DELIVERED),
+    ]
+    seqs = [await eventlog.record(e) for e in happened]
+    assert all(s is not None for s in seqs) and seqs == sorted(seqs)
+
+    history = await eventlog.history(child, min_seq=seqs[-1])
+    assert [h.event for h in history] == happened
+    assert [h.seq for h in history] == seqs
+    state = await eventlog.load(child)
+    assert state.referrals[req.referral_id].status is Status.COMPLETED
+    assert state.last_seq == seqs[-1]
+
+
+async def test_history_as_of_a_sequence_is_the_past(eventlog: EventLog, child: str) -> None:
+    req = request(child)
+    first = await eventlog.record(req)
+    await eventlog.record(answer(ReferralAccepted, req))
+    past = await eventlog.history(child, upto_seq=first)
+    assert [h.event for h in past] == [req]
+
+
+async def test_the_same_event_twice_is_stored_once(eventlog: EventLog, child: str) -> None:
+    req = request(child)
+    first = await eventlog.record(req)
+    again = await eventlog.record(req)
+    assert first is not None and again is None
+    # A raw retry with the same expected sequence (a lost ack) is refused, not stored twice.
+    with pytest.raises(ConcurrencyConflict):
+        await eventlog.append(req, expected_last_seq=0)
+    history = await eventlog.history(child, min_seq=first)
+    assert [h.event.event_id for h in history if h.event] == [req.event_id]
+
+
+async def test_a_stale_writer_gets_a_typed_conflict(eventlog: EventLog, child: str) -> None:
+    req = request(child)
+    seq = await eventlog.append(req, expected_last_seq=0)
+    with pytest.raises(ConcurrencyConflict) as caught:
+        await eventlog.append(answer(ReferralAccepted, req), expected_last_seq=0)
+    assert caught.value.actual == seq
+
+
+async def test_racing_decisions_on_one_referral_exactly_one_wins(eventlog: EventLog, child: str) -> None:
+    """Two workers of the receiving sector decide at once, accept against reject: one is stored."""
+    for _round in range(5):
+        req = request(child)
+        await eventlog.record(req)
+        accept = answer(ReferralAccepted, req)
+        reject = answer(ReferralRejected, req, reason=RejectReason.NO_CAPACITY)
+        results = await asyncio.gather(eventlog.record(accept), eventlog.record(reject), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["IllegalEvent", "int"], results
+        stored = {h.event.event_id for h in await eventlog.history(child) if h.event}
+        assert len(stored & {accept.event_id, reject.event_id}) == 1
+
+
+async def test_referrer_cancelling_while_receiver_accepts_ends_cancelled(eventlog: EventLog, child: str) -> None:
+    """Either order is legal (accept then cancel, or cancel then a refused accept): both end cancelled."""
+    req = request(child)
+    await eventlog.record(req)
+    accept = answer(ReferralAccepted, req)
+    cancel = answer(ReferralCancelled, req, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED)
+    results = await asyncio.gather(eventlog.record(accept), eventlog.record(cancel), return_exceptions=True)
+    assert isinstance(results[1], int), results
+    assert isinstance(results[0], int | IllegalEvent), results
+    state = await eventlog.load(child)
+    assert state.referrals[req.referral_id].status is Status.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("steps", "illegal"),
+    [
+        ([ReferralCancelled], ReferralAccepted),  # accepting a cancelled referral
+        ([ReferralAccepted], ReferralAccepted),  # a second acceptance
+        ([], ReferralCompleted),  # completing what was never accepted
+    ],
+)
+async def test_illegal_transitions_are_refused_and_never_stored(
+    eventlog: EventLog, child: str, steps: list[type], illegal: type
+) -> None:
+    req = request(child)
+    await eventlog.record(req)
+    for kind in steps:
+        extra = {"reason": CancelReason.CHILD_MOVED} if kind is ReferralCancelled else {}
+        await eventlog.record(answer(kind, req, by=Sector.SOCIAL if extra else None, **extra))
+    before = await eventlog.history(child)
+    fields = {"outcome": Outcome.SERVICE_DELIVERED} if illegal is ReferralCompleted else {}
+    with pytest.raises(IllegalEvent):
+        await eventlog.record(answer(illegal, req, **fields))
+    assert await eventlog.history(child) == before
