@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -45,7 +44,7 @@ def pct(xs, p):
     xs = sorted(xs)
     if not xs:
         return float("nan")
-    k = min(len(xs) - 1, max(0, int(round(p / 100.0 * (len(xs) - 1)))))
+    k = min(len(xs) - 1, max(0, round(p / 100.0 * (len(xs) - 1))))
     return xs[k]
 
 
@@ -69,8 +68,8 @@ def gen_children(total, rng):
     fixed = sum(counts[: n_heavy + 2])
     scale = (total - fixed) / max(1, s - fixed)
     for i in range(n_heavy + 2, n_children):
-        counts[i] = max(1, int(round(counts[i] * scale)))
-    ids = ["c" + "%012x" % rng.getrandbits(48) for _ in range(n_children)]
+        counts[i] = max(1, round(counts[i] * scale))
+    ids = ["c" + f"{rng.getrandbits(48):012x}" for _ in range(n_children)]
     return ids, counts
 
 
@@ -100,9 +99,7 @@ class DirectBatch:
     async def get(self, stream, body, timeout=5.0):
         self.n += 1
         reply = f"{self.prefix}.{self.n}"
-        await self.nc.publish(
-            f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply
-        )
+        await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(body).encode(), reply=reply)
         msgs = []
         deadline = time.perf_counter() + timeout
         while True:
@@ -179,9 +176,7 @@ async def setup_streams(js, nc, want="sources"):
                 allow_direct=True,
                 mirror=StreamSource(
                     name="EV",
-                    subject_transforms=[
-                        SubjectTransform(src="rb.ev.*.*.*", dest="rb.child.{{wildcard(1)}}")
-                    ],
+                    subject_transforms=[SubjectTransform(src="rb.ev.*.*.*", dest="rb.child.{{wildcard(1)}}")],
                 ),
             )
         )
@@ -198,9 +193,7 @@ async def setup_streams(js, nc, want="sources"):
                 sources=[
                     StreamSource(
                         name="EV",
-                        subject_transforms=[
-                            SubjectTransform(src="rb.ev.*.*.*", dest="rb.child.{{wildcard(1)}}")
-                        ],
+                        subject_transforms=[SubjectTransform(src="rb.ev.*.*.*", dest="rb.child.{{wildcard(1)}}")],
                     )
                 ],
             )
@@ -371,7 +364,7 @@ async def bench_mirror_lag(js, db, ids, rng):
         n = 0
         while True:
             n += 1
-            msgs, status, _ = await db.get("EVIDX", {"seq": ack.seq}, timeout=2)
+            msgs, _status, _ = await db.get("EVIDX", {"seq": ack.seq}, timeout=2)
             if msgs:
                 break
             if time.perf_counter() - t0 > 5:
@@ -388,8 +381,8 @@ async def mirror_check(nc, js, size, seed):
     mode = await setup_streams(js, nc, want="mirror")
     db = DirectBatch(nc)
     await db.start()
-    ids, actual, dt = await fill(js, size, rng)
-    cdt, ev, mi = await wait_mirror(js)
+    ids, actual, _dt = await fill(js, size, rng)
+    _cdt, ev, mi = await wait_mirror(js)
     print(f"  mode={mode} EV last_seq={ev.state.last_seq} EVIDX last_seq={mi.state.last_seq} msgs={mi.state.messages}")
     same = 0
     for _ in range(200):
@@ -397,20 +390,27 @@ async def mirror_check(nc, js, size, seed):
         truth = await js.get_msg("EV", seq)  # non-direct API, answered by EV itself
         m, _, _ = await db.get("EVIDX", {"seq": seq})
         child = truth.subject.split(".")[2]
-        if m and int(m[0].headers["Nats-Sequence"]) == seq and m[0].headers["Nats-Subject"] == f"rb.child.{child}" and m[0].data == truth.data:
+        if (
+            m
+            and int(m[0].headers["Nats-Sequence"]) == seq
+            and m[0].headers["Nats-Subject"] == f"rb.child.{child}"
+            and m[0].data == truth.data
+        ):
             same += 1
     print(f"  EVIDX seq==EV seq, subject rb.child.<id>, same data: {same}/200")
     c404 = 0
     wrong_subj = 0
     for k in range(200):
         c = ids[k % len(ids)]
-        m, st, _ = await db.get("EV", {"next_by_subj": f"rb.ev.{c}.>", "seq": 1, "batch": 1000})
+        m, _st, _ = await db.get("EV", {"next_by_subj": f"rb.ev.{c}.>", "seq": 1, "batch": 1000})
         if len(m) != actual[k % len(ids)]:
             c404 += 1
         m, _, _ = await db.get("EV", {"seq": rng.randint(1, ev.state.last_seq)})
         if m and m[0].headers["Nats-Subject"].startswith("rb.child."):
             wrong_subj += 1
-    print(f"  SURPRISE: DIRECT.GET.EV wildcard history wrong/404: {c404}/200; DIRECT.GET.EV by seq answered with mirror subject rb.child.*: {wrong_subj}/200")
+    print(
+        f"  SURPRISE: DIRECT.GET.EV wildcard history wrong/404: {c404}/200; DIRECT.GET.EV by seq answered with mirror subject rb.child.*: {wrong_subj}/200"
+    )
     await db.sub.unsubscribe()
     return {"same": same, "c404": c404, "wrong_subj": wrong_subj, "mirror_direct": mi.config.mirror_direct}
 
@@ -519,7 +519,9 @@ async def main():
     sizes = [int(s) for s in args.sizes.split(",") if s]
     nc = await nats.connect(args.server)
     js = nc.jetstream(timeout=10, publish_async_max_pending=4000)
-    print(f"nats-py {getattr(nats, '__version__', '?')} server {nc.connected_server_version} python {sys.version.split()[0]}")
+    print(
+        f"nats-py {getattr(nats, '__version__', '?')} server {nc.connected_server_version} python {sys.version.split()[0]}"
+    )
     results = []
     t0 = time.perf_counter()
     mc = await mirror_check(nc, js, sizes[0], args.seed + 100)

@@ -8,13 +8,14 @@ concurrent writer is detected instead of overwritten.
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
@@ -133,6 +134,45 @@ class EventLog:
             return 0
         return msg.seq or 0
 
+    async def children(self) -> dict[str, int]:
+        """Every child reference in the log, with its number of events (from the index's subject
+        state, so no event is read). Paged: the server lists at most 100,000 subjects per answer."""
+        found: dict[str, int] = {}
+        prefix = subjects.child_index_subject("")
+        while True:
+            request = {"subjects_filter": subjects.child_index_subject("*"), "offset": len(found)}
+            reply = await self.nc.request(
+                f"$JS.API.STREAM.INFO.{subjects.CHILD_INDEX_STREAM}", json.dumps(request).encode(), self.timeout
+            )
+            info = json.loads(reply.data)
+            page = (info.get("state") or {}).get("subjects") or {}
+            found.update({subject.removeprefix(prefix): count for subject, count in page.items()})
+            if not page or len(found) >= info.get("total", 0):
+                return found
+
+    async def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every event of the log in order, from `from_seq` to the end as it is now."""
+        info = await self.js.stream_info(subjects.STREAM)
+        end = info.state.last_seq
+        if end < from_seq:
+            return
+        sub = await self.js.subscribe(
+            subjects.LOG_SUBJECTS,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=from_seq),
+            pending_msgs_limit=65536,
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout)
+                seq = msg.metadata.sequence.stream
+                yield _decoded(seq, msg.metadata.timestamp, msg.data)
+                if seq >= end:
+                    return
+        finally:
+            await sub.unsubscribe()
+
     async def load(self, child: str, *, min_seq: int = 0) -> ChildState:
         """The child's current state; waits until the index holds the event at `min_seq`."""
         state = ChildState(child=child)
@@ -208,7 +248,10 @@ def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:
     # The index is a sourced stream: "Nats-Stream-Source: REFBUS <origin seq> ..." gives the
     # event's sequence in the log itself, which is what concurrency checks and replays speak.
     seq = int(headers["Nats-Stream-Source"].split()[1])
-    stored_at = parse_nats_time(headers["Nats-Time-Stamp"])
+    return _decoded(seq, parse_nats_time(headers["Nats-Time-Stamp"]), data)
+
+
+def _decoded(seq: int, stored_at: datetime, data: bytes) -> StoredEvent:
     try:
         return StoredEvent(seq, stored_at, codec.decode(data))
     except codec.UndecodableEvent as exc:

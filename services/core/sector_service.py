@@ -8,6 +8,7 @@ captured in the dead-letter stream by their advisory), and set aside what cannot
 import asyncio
 import hashlib
 import importlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,17 +27,18 @@ from refbus.contracts.events import (
     ReferralRequested,
     event_type,
 )
-from refbus.contracts.vocabulary import Sector
+from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
-from refbus.services.referral.policy import SectorPolicy
+from refbus.services.referral.policy import SectorPolicy, Step
 from refbus.services.referral.state import ChildState
 from refbus.services.referral.work import onward_request, receipt, step_event
 
 log = structlog.get_logger(__name__)
 
-MAX_DELIVER = 8
+# Deliveries include the scheduled returns of a referral in work (about five): bounded all the same.
+MAX_DELIVER = 20
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -109,27 +111,35 @@ class SectorService:
         ):
             try:
                 async with lock:
-                    await self.react(event, seq, msg)
+                    wake_in = await self.react(event, seq)
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
-                await msg.nack(delay=min(30.0, 0.5 * 2**delivered))
+                await msg.nack(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
                 return
             finally:
                 if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
                     self._child_locks.pop(event.child, None)
-        await msg.ack()
+        if wake_in is None:
+            await msg.ack()
+        else:
+            # The server is our durable timer: the message comes back when the next step is due.
+            await msg.nack(delay=wake_in)
 
-    async def react(self, event: AnyEvent, seq: int, msg: NatsMessage) -> None:
+    async def react(self, event: AnyEvent, seq: int) -> float | None:
+        """Handle one event addressed to us; returns seconds until it should come back, if ever."""
         match event:
             case ReferralRequested():
-                await self.work_on(event, seq, msg)
+                return await self.work_on(event, seq)
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went.
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
+        return None
 
-    async def work_on(self, request: ReferralRequested, seq: int, msg: NatsMessage) -> None:
-        """Acknowledge receipt, then take the policy's steps until it has nothing more to do."""
+    async def work_on(self, request: ReferralRequested, seq: int) -> float | None:
+        """One pass over a referral addressed to us: acknowledge receipt, then take every step the
+        policy has that is due. Returns the seconds until the next step is due, or None when the
+        sector has nothing more to do. Each pass starts from the log, so a redelivery resumes."""
         rid = request.referral_id
 
         def receive(fresh: ChildState) -> list[ReferralEvent]:
@@ -139,26 +149,27 @@ class SectorService:
             return []
 
         await self.eventlog.transact(request.child, receive, min_seq=seq)
-        cause = request.event_id
         while True:
             state = await self.eventlog.load(request.child, min_seq=seq)
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)
             if step is None:
-                break
-            if step.delay:
-                await msg.in_progress()
-                await asyncio.sleep(step.delay)
+                if referral.status is Status.COMPLETED:
+                    await self.send_onward(request, state)
+                return None
+            assert referral.updated_at is not None
+            wait = (referral.updated_at - self.clock()).total_seconds() + step.delay
+            if wait > 0:
+                return wait
 
-            def decide(fresh: ChildState, planned=step, seen=referral.status) -> list[ReferralEvent]:
+            def decide(fresh: ChildState, planned: Step = step, seen: Status = referral.status) -> list[ReferralEvent]:
                 # Re-check against the state at append time: a cancel may have come meanwhile.
                 if fresh.referrals[rid].status != seen:
                     return []
-                return [step_event(planned, fresh.referrals[rid], request.child, self.sector, self.clock(), cause)]
+                now, cause = self.clock(), request.event_id
+                return [step_event(planned, fresh.referrals[rid], request.child, self.sector, now, cause)]
 
             await self.eventlog.transact(request.child, decide)
-        if referral.status.value == "completed":
-            await self.send_onward(request, state)
 
     async def send_onward(self, request: ReferralRequested, state: ChildState) -> None:
         referral = state.referrals[request.referral_id]
@@ -191,13 +202,26 @@ class SectorService:
         log.warning("set_aside", seq=seq, reason=reason)
 
 
+async def raw_body(msg: NatsMessage) -> bytes:
+    """Hand the handler the bytes as stored: our codec decodes them, so a malformed message reaches
+    the handler (and the dead letter) instead of failing inside FastStream. Async on purpose: a sync
+    decoder runs in a worker thread per message."""
+    return msg.body
+
+
+def _faststream_logger() -> logging.Logger:
+    logger = logging.getLogger("refbus.faststream")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
 def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 16) -> FastStream:
     """The composition root of one sector's service."""
-    configure_logging()
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{sector.value}",
-        logger=None,  # our structlog lines replace FastStream's two INFO lines per message
+        # FastStream's own two INFO lines per message halve throughput: keep only its warnings and errors.
+        logger=_faststream_logger(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
     )
@@ -208,6 +232,7 @@ def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers:
         durable=service.consumer_name,
         config=inbox_consumer(sector),
         pull_sub=PullSub(batch_size=32, timeout=2.0),
+        decoder=raw_body,
         ack_policy=AckPolicy.MANUAL,
         max_workers=workers,
         title=f"{sector.value} inbox",
@@ -229,6 +254,8 @@ def sector_app_factory(sector: Sector) -> Callable[..., FastStream]:
 
     def create_app(settings: Settings | None = None) -> FastStream:
         settings = settings or Settings.from_env()
+        if not structlog.is_configured():
+            configure_logging()
         policy_module = importlib.import_module(f"refbus.services.{sector.value}.policy")
         return build_app(sector, policy_module.build_policy(settings), settings)
 

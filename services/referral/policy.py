@@ -38,7 +38,8 @@ from refbus.services.referral.state import ChildState, Referral
 
 @dataclass(frozen=True)
 class Step:
-    """The next event the receiving sector states about a referral, after `delay` seconds of work."""
+    """The next event the receiving sector states about a referral, due `delay` seconds after the
+    referral's last change (so asking again later gives the same due time)."""
 
     kind: type[ReferralEvent]
     fields: dict[str, Any] = field(default_factory=dict)

@@ -33,6 +33,8 @@ class Referral:
     decided_at: datetime | None = None
     "When it was accepted or rejected."
     closed_at: datetime | None = None
+    updated_at: datetime | None = None
+    "When its newest event occurred: a policy's delays count from here."
     steps: dict[str, int] = field(default_factory=dict)
     "How many events of each type this referral has: makes deterministic event ids possible."
 
@@ -71,12 +73,14 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
                 service=event.service,
                 dimension=event.dimension,
                 requested_at=event.occurred_at,
+                updated_at=event.occurred_at,
                 correlation_id=event.correlation_id,
             )
         case ReferralEvent():
             referral = state.referrals.get(event.referral_id)
             if referral is None:  # only possible for foreign writes; `check` refuses them
                 return state
+            referral.updated_at = event.occurred_at
             if isinstance(event, ReferralReceived):
                 referral.received_at = event.occurred_at
             else:

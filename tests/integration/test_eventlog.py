@@ -3,7 +3,6 @@
 import asyncio
 
 import pytest
-
 from refbus.contracts.events import (
     ReferralAccepted,
     ReferralCancelled,
@@ -15,6 +14,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import CancelReason, Outcome, RejectReason, Sector, Status
 from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
 from refbus.services.referral.lifecycle import IllegalEvent
+
 from tests.factories import answer, request
 
 pytestmark = pytest.mark.integration

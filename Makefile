@@ -1,0 +1,40 @@
+# refbus: `make demo` sets up and runs the system on the embedded default; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo up test test-unit test-integration test-faults lint schema bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/refbus demo
+
+up: $(STAMP)
+	$(BIN)/refbus up
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+test-faults: $(STAMP)
+	$(BIN)/pytest -q tests/faults
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+schema: $(STAMP)
+	$(BIN)/refbus schema
+
+clean:
+	rm -rf $(VENV) .refbus .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,142 @@
+"""The contract as files a system in any language can integrate from: JSON Schema and AsyncAPI 3.0.
+
+Generated from the Structs (`refbus schema`), committed under contracts/schema/, and checked fresh by
+a test, so the files and the code cannot drift apart.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from refbus.contracts import subjects
+from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent
+from refbus.contracts.vocabulary import Sector
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
+
+APPEND_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Headers every append carries. JetStream acknowledges the publish (a PubAck) before the event counts; "
+        "a wrong expected sequence is refused with JetStream error 10071: re-read the child and decide again."
+    ),
+    "required": [
+        "Nats-Msg-Id",
+        "Nats-Expected-Last-Subject-Sequence",
+        "Nats-Expected-Last-Subject-Sequence-Subject",
+    ],
+    "properties": {
+        "Nats-Msg-Id": {"type": "string", "description": "The event_id: JetStream drops a duplicate publish."},
+        "Nats-Expected-Last-Subject-Sequence": {
+            "type": "string",
+            "description": "Stream sequence of the child's newest event (0 for a new child).",
+        },
+        "Nats-Expected-Last-Subject-Sequence-Subject": {
+            "type": "string",
+            "description": f"Always {subjects.child_filter('{child}')}: the check spans all of the child's subjects.",
+        },
+        "Refbus-Event-Type": {"type": "string", "description": "The event's type tag, for operators."},
+        "Refbus-Schema-Version": {"type": "string"},
+        "Refbus-Correlation-Id": {"type": "string"},
+    },
+}
+
+
+def json_schema() -> dict[str, Any]:
+    schema = msgspec.json.schema(AnyEvent)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "refbus event"
+    return schema
+
+
+def asyncapi() -> dict[str, Any]:
+    (_, components) = msgspec.json.schema_components([AnyEvent], ref_template="#/components/schemas/{name}")
+    components["AppendHeaders"] = APPEND_HEADERS
+    names = [cls.__name__ for cls in ALL_EVENT_TYPES]
+    messages = {
+        name: {
+            "name": cls.__struct_config__.tag,
+            "title": name,
+            "summary": (cls.__doc__ or name).strip().splitlines()[0],
+            "contentType": "application/json",
+            "headers": {"$ref": "#/components/schemas/AppendHeaders"},
+            "payload": {"$ref": f"#/components/schemas/{name}"},
+        }
+        for name, cls in zip(names, ALL_EVENT_TYPES, strict=True)
+    }
+    sectors = [s.value for s in Sector]
+    channel_messages = {name: {"$ref": f"#/components/messages/{name}"} for name in names}
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "refbus",
+            "version": "1",
+            "description": (
+                "Referrals between the social, health, education and justice sectors about vulnerable children, "
+                f"on the append-only JetStream stream {subjects.STREAM}. Sector X receives with a durable consumer "
+                f"filtered on {subjects.inbox_filter(Sector.SOCIAL).replace('social', 'X')} and may publish only "
+                f"on {subjects.sender_permission(Sector.SOCIAL).replace('social', 'X')}. Referral statuses follow "
+                "HL7 FHIR Task.status."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {"embedded": {"host": "127.0.0.1:4222", "protocol": "nats"}},
+        "channels": {
+            "events": {
+                "address": f"{subjects.PREFIX}.ev.{{child}}.{{fromSector}}.{{toSector}}",
+                "description": f"Every event, stored in the stream {subjects.STREAM}.",
+                "parameters": {
+                    "child": {"description": "The pseudonymous child reference (the event's `child`)."},
+                    "fromSector": {"enum": sectors, "description": "The sector stating the fact."},
+                    "toSector": {
+                        "enum": [*sectors, subjects.NO_SECTOR],
+                        "description": "The sector addressed; `none` for case events.",
+                    },
+                },
+                "messages": channel_messages,
+            }
+        },
+        "operations": {
+            "appendEvent": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/events"},
+                "summary": "Append an event: a JetStream publish with the AppendHeaders, awaited until acknowledged.",
+                "messages": [{"$ref": f"#/channels/events/messages/{n}"} for n in names],
+            },
+            "receiveInbox": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/events"},
+                "summary": "A sector's inbox: events whose toSector is that sector, with explicit acks.",
+                "messages": [{"$ref": f"#/channels/events/messages/{n}"} for n in names],
+            },
+        },
+        "components": {"schemas": components, "messages": messages},
+    }
+
+
+def rendered() -> dict[str, str]:
+    """File name -> content, exactly as committed."""
+    return {
+        "events.schema.json": json.dumps(json_schema(), indent=2, sort_keys=True) + "\n",
+        "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
+    }
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, content in rendered().items():
+        path = directory / name
+        path.write_text(content)
+        paths.append(path)
+    return paths
+
+
+def stale(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of the committed files that differ from what the contracts generate now."""
+    return [
+        name
+        for name, content in rendered().items()
+        if not (directory / name).exists() or (directory / name).read_text() != content
+    ]

@@ -1,0 +1,74 @@
+"""What the demo prints: referrals per sector pair and per final state, and time to acceptance."""
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+
+from refbus.contracts.vocabulary import Status
+from refbus.services.core.eventlog import EventLog, StoredEvent
+from refbus.services.referral.state import ChildState, Referral, apply
+
+
+@dataclass
+class Summary:
+    children: int = 0
+    events: int = 0
+    unreadable: int = 0
+    referrals: list[Referral] = field(default_factory=list)
+
+    @property
+    def open(self) -> int:
+        return sum(r.is_open for r in self.referrals)
+
+    def by_pair(self) -> Counter[str]:
+        return Counter(f"{r.referrer.value} -> {r.receiver.value}" for r in self.referrals)
+
+    def by_state(self) -> Counter[str]:
+        return Counter(r.status.value for r in self.referrals)
+
+    def seconds_to(self, attribute: str) -> list[float]:
+        return sorted(
+            (getattr(r, attribute) - r.requested_at).total_seconds()
+            for r in self.referrals
+            if getattr(r, attribute) is not None and (attribute != "decided_at" or r.status != Status.REJECTED)
+        )
+
+    def render(self) -> str:
+        lines = [
+            f"children: {self.children}   events in the log: {self.events}   referrals: {len(self.referrals)}"
+            f"   still open: {self.open}   unreadable messages: {self.unreadable}",
+            "",
+            "referrals per sector pair:",
+            *(f"  {pair:<24}{n:>6}" for pair, n in sorted(self.by_pair().items())),
+            "",
+            "referrals per final state:",
+            *(f"  {state:<24}{n:>6}" for state, n in sorted(self.by_state().items(), key=lambda kv: -kv[1])),
+            "",
+        ]
+        for label, attribute in (("time to receipt", "received_at"), ("time to acceptance", "decided_at")):
+            lines.append(f"{label:<24}" + _percentiles(self.seconds_to(attribute)))
+        return "\n".join(lines)
+
+
+def _percentiles(values: list[float]) -> str:
+    if not values:
+        return "  (none)"
+    q = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+    return f"  p50 {q[49]:.2f}s   p90 {q[89]:.2f}s   max {values[-1]:.2f}s   (n={len(values)})"
+
+
+async def summarise(eventlog: EventLog) -> Summary:
+    """Replay the whole log once and fold every child."""
+    states: dict[str, ChildState] = {}
+    summary = Summary()
+    stored: StoredEvent
+    async for stored in eventlog.replay():
+        summary.events += 1
+        if stored.event is None:
+            summary.unreadable += 1
+            continue
+        child = stored.event.child
+        apply(states.setdefault(child, ChildState(child=child)), stored.event, stored.seq)
+    summary.children = len(states)
+    summary.referrals = [r for s in states.values() for r in s.referrals.values()]
+    return summary
