@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event
+from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event, event_type
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
@@ -37,10 +37,13 @@ def encode(event: Event) -> bytes:
 
 def decode(data: bytes) -> AnyEvent:
     try:
-        return _decoder.decode(data)
+        event = _decoder.decode(data)
+        if event.schema_version == CURRENT_VERSION[event_type(event)]:
+            return event
+        first_error = f"schema_version {event.schema_version}"
     except msgspec.DecodeError as exc:
         first_error = str(exc)
-    # The fast path failed: an older schema version may still be upcast into the current one.
+    # Not the current shape: an older schema version may still be upcast into it.
     try:
         raw = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
@@ -59,6 +62,8 @@ def decode(data: bytes) -> AnyEvent:
 
 def _upcast(tag: str, raw: dict[str, Any]) -> dict[str, Any]:
     version = raw.get("schema_version", 1)
+    if isinstance(version, int) and version > CURRENT_VERSION[tag]:
+        raise UndecodableEvent(f"{tag} v{version} is newer than this reader (v{CURRENT_VERSION[tag]})")
     while isinstance(version, int) and version < CURRENT_VERSION[tag]:
         step = UPCASTERS.get((tag, version))
         if step is None:
