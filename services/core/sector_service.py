@@ -31,6 +31,7 @@ from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
+from refbus.services.referral.lifecycle import IllegalEvent
 from refbus.services.referral.policy import SectorPolicy, Step
 from refbus.services.referral.state import ChildState
 from refbus.services.referral.work import onward_request, receipt, step_event
@@ -53,13 +54,13 @@ class DeadLetter(msgspec.Struct, frozen=True):
     set_aside_at: datetime
 
 
-def inbox_consumer(sector: Sector) -> ConsumerConfig:
+def inbox_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=f"inbox-{sector.value}",
         filter_subject=subjects.inbox_filter(sector),
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
-        ack_wait=30,
+        ack_wait=ack_wait,
         max_deliver=MAX_DELIVER,
         max_ack_pending=256,
     )
@@ -112,6 +113,11 @@ class SectorService:
             try:
                 async with lock:
                     wake_in = await self.react(event, seq)
+            except IllegalEvent as exc:
+                # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
+                await self.set_aside(raw.subject, seq, body, f"handling refused: {exc.reason}")
+                await msg.ack()
+                return
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
@@ -144,7 +150,7 @@ class SectorService:
 
         def receive(fresh: ChildState) -> list[ReferralEvent]:
             referral = fresh.referrals[rid]
-            if referral.received_at is None and referral.is_open:
+            if referral.received_at is None and referral.status is Status.REQUESTED:
                 return [receipt(referral, request.child, self.clock(), request.event_id)]
             return []
 
@@ -230,7 +236,7 @@ def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers:
         subjects.inbox_filter(sector),
         stream=JStream(subjects.STREAM, declare=False),
         durable=service.consumer_name,
-        config=inbox_consumer(sector),
+        config=inbox_consumer(sector, settings.ack_wait),
         pull_sub=PullSub(batch_size=32, timeout=2.0),
         decoder=raw_body,
         ack_policy=AckPolicy.MANUAL,

@@ -16,6 +16,8 @@ class Settings:
     "Stream replicas: 1 on the embedded single node, 3 on a cluster."
     sim_speed: float = 1.0
     "Divides the simulated sectors' delays: 10 runs the simulation ten times faster."
+    ack_wait: float = 30.0
+    "Seconds before JetStream redelivers a message whose handler neither acked nor nacked (a crash)."
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -25,6 +27,7 @@ class Settings:
             "data_dir": Path(env.get("REFBUS_DATA_DIR", ".refbus")),
             "replicas": int(env.get("REFBUS_REPLICAS", "1")),
             "sim_speed": float(env.get("REFBUS_SIM_SPEED", "1")),
+            "ack_wait": float(env.get("REFBUS_ACK_WAIT", "30")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,65 @@
+"""Helpers to run sector services in the test process against a real server."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from faststream import FastStream
+from refbus.contracts.events import ReferralEvent
+from refbus.contracts.vocabulary import Sector
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.sector_service import build_app
+from refbus.services.core.settings import Settings
+from refbus.services.referral.policy import OnwardReferral, SectorPolicy, Step
+from refbus.services.referral.state import ChildState, Referral
+
+
+@dataclass
+class ScriptedPolicy:
+    """A sector that takes exactly the given steps, in order, for every referral it receives."""
+
+    script: list[Step]
+    onward_referrals: list[OnwardReferral] = field(default_factory=list)
+
+    async def next_step(self, referral: Referral, child: ChildState) -> Step | None:
+        taken = sum(referral.steps.values()) - 1 - referral.steps.get("referral.received", 0)
+        return self.script[taken] if taken < len(self.script) and referral.is_open else None
+
+    async def onward(self, referral: Referral, child: ChildState) -> list[OnwardReferral]:
+        return self.onward_referrals
+
+
+@asynccontextmanager
+async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings: object) -> AsyncIterator[
+    dict[Sector, FastStream]
+]:
+    apps = {s: build_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
+    for app in apps.values():
+        await app.start()
+    try:
+        yield apps
+    finally:
+        for app in apps.values():
+            await app.stop()
+
+
+async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def referral_events(eventlog: EventLog, child: str, referral_id: object) -> list[ReferralEvent]:
+    return [
+        h.event
+        for h in await eventlog.history(child)
+        if isinstance(h.event, ReferralEvent) and h.event.referral_id == referral_id
+    ]
