@@ -44,8 +44,8 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
             await app.stop()
 
 
-async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         result = predicate()
         if asyncio.iscoroutine(result):
