@@ -99,8 +99,7 @@ class EventLog:
         reload and decide again. Events already in the log are skipped (idempotent retries).
         Returns the sequences of the events stored by this call."""
         for attempt in range(attempts):
-            # Decide on the child as it stands in the log now, not as far as the index got.
-            state = await self.load(child, min_seq=max(min_seq, await self.last_seq(child)))
+            state = await self.load(child, min_seq=min_seq)
             stored: list[int] = []
             try:
                 for event in decide(state):
@@ -174,7 +173,7 @@ class EventLog:
             await sub.unsubscribe()
 
     async def load(self, child: str, *, min_seq: int = 0) -> ChildState:
-        """The child's current state; waits until the index holds the event at `min_seq`."""
+        """The child's state as of every acknowledged write (and at least `min_seq`)."""
         state = ChildState(child=child)
         for stored in await self.history(child, min_seq=min_seq):
             if stored.event is not None:
@@ -184,22 +183,24 @@ class EventLog:
         return state
 
     async def history(
-        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 2.0
+        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 5.0
     ) -> list[StoredEvent]:
-        """One child's events in log order, from the REFBUS_CHILDREN index.
+        """One child's events in log order, from the REFBUS_CHILDREN index, including every write
+        acknowledged before the call (read-your-writes: the index lags the log by a fraction of a
+        millisecond, so the call asks the log for the child's last sequence and waits for it).
 
-        `min_seq`: an event of this child the caller knows is stored; wait (up to `wait` s) until
-        the index has copied it. `upto_seq`: stop there (a replay as of that point)."""
+        `min_seq`: also wait for this sequence. `upto_seq`: stop there (a replay as of that point)."""
+        min_seq = max(min_seq, await self.last_seq(child))
         deadline = asyncio.get_running_loop().time() + wait
         while True:
-            found = await self._read_index(child, upto_seq)
+            found = await self._read_index(child)
             if not min_seq or (found and found[-1].seq >= min_seq):
-                return found
+                return found if upto_seq is None else [e for e in found if e.seq <= upto_seq]
             if asyncio.get_running_loop().time() > deadline:
                 raise IndexBehind(f"child index has not reached sequence {min_seq} for {child}")
             await asyncio.sleep(0.002)
 
-    async def _read_index(self, child: str, upto_seq: int | None) -> list[StoredEvent]:
+    async def _read_index(self, child: str) -> list[StoredEvent]:
         subject = subjects.child_index_subject(child)
         found: list[StoredEvent] = []
         start = 1
@@ -207,10 +208,7 @@ class EventLog:
             page, pending, last_index_seq = await self._direct_get_batch(
                 subjects.CHILD_INDEX_STREAM, subject, start
             )
-            for stored in page:
-                if upto_seq is not None and stored.seq > upto_seq:
-                    return found
-                found.append(stored)
+            found.extend(page)
             if not page or pending == 0:
                 return found
             start = last_index_seq + 1

@@ -156,7 +156,7 @@ class SectorService:
 
         await self.eventlog.transact(request.child, receive, min_seq=seq)
         while True:
-            state = await self.eventlog.load(request.child, min_seq=seq)
+            state = await self.eventlog.load(request.child)
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)
             if step is None:

@@ -1,0 +1,70 @@
+"""kill -9 a sector service in the middle of its work: a new one resumes, nothing is doubled."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from refbus.contracts import subjects
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.natsserver import EmbeddedNats
+
+from tests.factories import new_child, request
+from tests.faults.checks import scan
+from tests.services import wait_for
+
+pytestmark = pytest.mark.faults
+
+
+def start_service(server: EmbeddedNats, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "REFBUS_NATS_URL": server.url,
+        "REFBUS_SIM_SPEED": "1",
+        "REFBUS_ACK_WAIT": "2",
+        "REFBUS_LOG_JSON": "1",
+    }
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "refbus.cli", "service", "health"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+async def test_a_service_killed_while_handling_resumes_without_duplicates(
+    own_server: EmbeddedNats, own_log: EventLog, tmp_path: Path
+) -> None:
+    first = start_service(own_server, tmp_path / "health-1.log")
+    try:
+        requests = [request(new_child()) for _ in range(20)]
+        acknowledged = {r.event_id for r in requests}
+        for req in requests:
+            assert await own_log.record(req)
+
+        async def some_received() -> bool:
+            states = [await own_log.load(r.child) for r in requests]
+            return sum(s.referrals[r.referral_id].received_at is not None for s, r in zip(states, requests)) >= 5
+
+        await wait_for(some_received, within=30)
+    finally:
+        first.kill()  # SIGKILL: no drain, no ack, no goodbye
+        first.wait()
+    at_kill = await scan(own_log)
+    assert at_kill.open_referrals > 0, "the service finished before it was killed: nothing was tested"
+
+    second = start_service(own_server, tmp_path / "health-2.log")
+    try:
+        async def all_closed() -> bool:
+            return (await scan(own_log)).open_referrals == 0
+
+        await wait_for(all_closed, within=60)
+    finally:
+        second.terminate()
+        second.wait(10)
+
+    report = await scan(own_log)
+    assert report.lost(acknowledged) == set()
+    assert report.doubled == {}
+    assert report.illegal == []
+    assert report.unreadable == 0
+    info = await own_log.js.consumer_info(subjects.STREAM, "inbox-health")
+    assert info.num_pending == 0 and info.num_ack_pending == 0
