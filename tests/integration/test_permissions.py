@@ -1,0 +1,78 @@
+"""Least privilege, on a real server with deploy/nats-permissions.conf: a sector service works with
+its own user, and the server refuses that user writing as another sector."""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from refbus.contracts import subjects
+from refbus.contracts.events import ReferralReceived
+from refbus.contracts.vocabulary import Sector
+from refbus.services.core import streams
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
+
+from tests.factories import new_child, request
+from tests.services import ScriptedPolicy, referral_events, running, wait_for
+
+pytestmark = pytest.mark.integration
+USERS = ("admin", "operator", "social", "health", "education", "justice")
+
+
+@pytest.fixture
+def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedNats]:
+    for user in USERS:
+        monkeypatch.setenv(f"REFBUS_{user.upper()}_PASSWORD", f"pw-{user}")
+    server = EmbeddedNats(tmp_path / "nats", config=DEPLOY_DIR / "nats-server-secured.conf").start()
+    yield server
+    server.stop()
+
+
+def url_for(server: EmbeddedNats, user: str) -> str:
+    return f"nats://{user}:pw-{user}@127.0.0.1:{server.port}"
+
+
+async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -> None:
+    admin = await nats.connect(url_for(secured_server, "admin"))
+    await streams.provision(admin.jetstream())
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    social = await nats.connect(url_for(secured_server, "social"), error_cb=on_error)
+    social_log = EventLog(social, timeout=2.0)
+    child = new_child()
+    async with running(url_for(secured_server, "health"), {Sector.HEALTH: ScriptedPolicy([])}):
+        req = request(child, Sector.SOCIAL, Sector.HEALTH)
+        assert await social_log.record(req)  # social writes as social: allowed
+
+        async def received() -> bool:
+            events = await referral_events(social_log, child, req.referral_id)
+            return any(isinstance(e, ReferralReceived) for e in events)
+
+        await wait_for(received)  # health consumed its inbox and wrote as health, with its own user
+
+        forged = request(child, Sector.HEALTH, Sector.JUSTICE, "birth_registration")  # social posing as health
+        with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
+            await social_log.js.publish(subjects.event_subject(child, Sector.HEALTH, Sector.JUSTICE), b"{}",
+                                        timeout=1.0)
+        await asyncio.sleep(0.2)
+        assert any("permissions violation for publish" in str(e).lower() for e in errors), errors
+        history = [h.event for h in await social_log.history(child)]
+        assert forged.event_id not in {e.event_id for e in history if e}
+        assert all(e.from_sector is not Sector.HEALTH or e.to_sector is Sector.SOCIAL for e in history if e)
+
+        # The operator sees flows (stream state) but cannot read a child's events.
+        operator = await nats.connect(url_for(secured_server, "operator"), error_cb=on_error)
+        info = await operator.jetstream().stream_info(subjects.STREAM)
+        assert info.state.messages >= 2
+        with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
+            await EventLog(operator, timeout=1.0).history(child)
+        await operator.close()
+    await social.close()
+    await admin.close()
