@@ -81,6 +81,19 @@ async def test_racing_decisions_on_one_referral_exactly_one_wins(eventlog: Event
         assert len(stored & {accept.event_id, reject.event_id}) == 1
 
 
+async def test_two_sectors_racing_to_decide_the_same_referral_exactly_one_wins(eventlog: EventLog, child: str) -> None:
+    """The receiver (health) rejects while the referrer (social) cancels: each excludes the other."""
+    for _round in range(5):
+        req = request(child)
+        await eventlog.record(req)
+        reject = answer(ReferralRejected, req, reason=RejectReason.NOT_ELIGIBLE)
+        cancel = answer(ReferralCancelled, req, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED)
+        results = await asyncio.gather(eventlog.record(reject), eventlog.record(cancel), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["IllegalEvent", "int"], results
+        status = (await eventlog.load(child)).referrals[req.referral_id].status
+        assert status is (Status.REJECTED if isinstance(results[0], int) else Status.CANCELLED)
+
+
 async def test_referrer_cancelling_while_receiver_accepts_ends_cancelled(eventlog: EventLog, child: str) -> None:
     """Either order is legal (accept then cancel, or cancel then a refused accept): both end cancelled."""
     req = request(child)
