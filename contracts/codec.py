@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+
 from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event, event_type
 
 _encoder = msgspec.json.Encoder()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from refbus.contracts import subjects
 from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent
 from refbus.contracts.vocabulary import Sector

@@ -10,6 +10,7 @@ from typing import Annotated
 from uuid import UUID
 
 import msgspec
+
 from refbus.contracts.vocabulary import (
     CancelReason,
     Dimension,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.core.runtime import connect
-
 from tests.factories import new_child
 
 

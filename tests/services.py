@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from faststream import FastStream
+
 from refbus.contracts.events import ReferralEvent
 from refbus.contracts.vocabulary import Sector
 from refbus.services.core.eventlog import EventLog

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
+
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
 from refbus.services.referral import lifecycle

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from faststream import FastStream
+
 from refbus.contracts.vocabulary import Sector
 from refbus.services.core.sector_service import sector_app_factory
 from refbus.services.core.settings import Settings

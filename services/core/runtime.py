@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 import nats
 import structlog
 from nats.aio.client import Client as NATS
+
 from refbus.services.core import streams
 from refbus.services.core.natsserver import EmbeddedNats, port_open
 from refbus.services.core.settings import DEFAULT_NATS_URL, Settings

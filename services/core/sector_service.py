@@ -20,6 +20,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import (
     AnyEvent,
@@ -29,6 +30,7 @@ from refbus.contracts.events import (
 )
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.core.eventlog import EventLog
+from refbus.services.core.health import serve_health
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
 from refbus.services.referral.lifecycle import IllegalEvent
@@ -247,9 +249,19 @@ def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers:
 
     app = FastStream(broker, logger=None)
 
+    health: list[asyncio.Server] = []
+
     @app.after_startup
     async def announce() -> None:
+        if settings.health_port is not None:
+            is_up = lambda: broker.connection.is_connected  # noqa: E731
+            health.append(await serve_health(settings.health_port, is_up, settings.health_host))
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
+
+    @app.on_shutdown
+    async def stop_health() -> None:
+        for server in health:
+            server.close()
 
     app.service = service  # type: ignore[attr-defined]  # for tests and the CLI
     return app

@@ -18,6 +18,10 @@ class Settings:
     "Divides the simulated sectors' delays: 10 runs the simulation ten times faster."
     ack_wait: float = 30.0
     "Seconds before JetStream redelivers a message whose handler neither acked nor nacked (a crash)."
+    health_port: int | None = None
+    "Serve GET /healthz on this port (for probes); None serves nothing."
+    health_host: str = "127.0.0.1"
+    "0.0.0.0 in a container, so the orchestrator's probe can reach it."
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -28,6 +32,8 @@ class Settings:
             "replicas": int(env.get("REFBUS_REPLICAS", "1")),
             "sim_speed": float(env.get("REFBUS_SIM_SPEED", "1")),
             "ack_wait": float(env.get("REFBUS_ACK_WAIT", "30")),
+            "health_port": int(env["REFBUS_HEALTH_PORT"]) if env.get("REFBUS_HEALTH_PORT") else None,
+            "health_host": env.get("REFBUS_HEALTH_HOST", "127.0.0.1"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from nats.js.api import (
     SubjectTransform,
 )
 from nats.js.errors import NotFoundError
+
 from refbus.contracts import subjects
 
 # Dedup by Nats-Msg-Id is a short-term guard against retried publishes; lasting idempotency

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats

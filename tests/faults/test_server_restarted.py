@@ -6,11 +6,11 @@ import time
 from uuid import UUID
 
 import pytest
+
 from refbus.contracts.vocabulary import Sector
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.referral.policy import SimulatedSector
-
 from tests.factories import new_child, request
 from tests.faults.checks import scan
 from tests.services import running, wait_for

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from refbus.contracts import subjects
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
-
 from tests.factories import new_child, request
 from tests.faults.checks import scan
 from tests.services import wait_for

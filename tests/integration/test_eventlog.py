@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+
 from refbus.contracts.events import (
     ReferralAccepted,
     ReferralCancelled,
@@ -14,7 +15,6 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import CancelReason, Outcome, RejectReason, Sector, Status
 from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
 from refbus.services.referral.lifecycle import IllegalEvent
-
 from tests.factories import answer, request
 
 pytestmark = pytest.mark.integration

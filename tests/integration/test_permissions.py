@@ -9,13 +9,13 @@ import nats
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+
 from refbus.contracts import subjects
 from refbus.contracts.events import ReferralReceived
 from refbus.contracts.vocabulary import Sector
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
-
 from tests.factories import new_child, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 

@@ -5,6 +5,7 @@ import json
 from collections import Counter
 
 import pytest
+
 from refbus.contracts import subjects
 from refbus.contracts.events import (
     ReferralAccepted,
@@ -30,7 +31,6 @@ from refbus.contracts.vocabulary import (
 )
 from refbus.services.core.eventlog import EventLog
 from refbus.services.referral.policy import SimulatedSector, Step
-
 from tests.factories import answer, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 

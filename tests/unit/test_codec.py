@@ -3,10 +3,10 @@ import uuid
 
 import msgspec
 import pytest
+
 from refbus.contracts import codec
 from refbus.contracts.events import ALL_EVENT_TYPES, CaseOpened, ReferralRejected, event_type
 from refbus.contracts.vocabulary import RejectReason, Sector
-
 from tests.factories import answer, consent, envelope, new_child, request
 
 

@@ -4,8 +4,8 @@ import json
 
 import jsonschema
 import msgspec
-from refbus.contracts import codec, documents
 
+from refbus.contracts import codec, documents
 from tests.factories import new_child, request
 
 

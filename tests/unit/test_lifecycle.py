@@ -1,6 +1,7 @@
 """The referral lifecycle rules, pure: events in, fold, check the next one. No NATS."""
 
 import pytest
+
 from refbus.contracts.events import (
     ReferralAccepted,
     ReferralCancelled,
@@ -25,7 +26,6 @@ from refbus.contracts.vocabulary import (
 )
 from refbus.services.referral.lifecycle import IllegalEvent, check, is_duplicate
 from refbus.services.referral.state import fold
-
 from tests.factories import answer, consent, new_child, request
 
 FIELDS = {

@@ -4,11 +4,11 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Sector, Status
 from refbus.services.referral.policy import SimulatedSector
 from refbus.services.referral.state import fold
 from refbus.services.referral.work import step_event
-
 from tests.factories import new_child, request
 
 
