@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -28,6 +28,7 @@ from refbus.services.core.runner import sector_services
 from refbus.services.core.runtime import open_bus
 from refbus.services.core.sector_service import sector_app_factory
 from refbus.services.core.settings import Settings
+from refbus.services.referral.audit import Auditor
 from refbus.services.referral.lifecycle import IllegalEvent
 from refbus.summary import summarise
 
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--upto-seq", type=int, help="replay as of this log sequence")
     history.add_argument("--as-of", type=datetime.fromisoformat, help="replay as of this time (ISO 8601)")
     history.set_defaults(command=cmd_history)
+
+    check = sub.add_parser("check", parents=[common], help="scan the log: duplicates, illegal transitions, "
+                           "gaps, stuck referrals; exit 1 if any")
+    check.add_argument("--json", action="store_true")
+    check.add_argument("--stuck-after", type=float, metavar="SECONDS",
+                       help="count a referral as stuck after this long without change (default: by urgency, 1-14 days)")
+    check.set_defaults(command=cmd_check)
 
     schema = sub.add_parser("schema", parents=[common], help="write JSON Schema + AsyncAPI from the contracts")
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
@@ -223,6 +231,40 @@ def _timeline_line(stored: StoredEvent) -> str:
     elif hasattr(event, "dimension"):
         detail = f"dimension={event.dimension}"  # type: ignore[attr-defined]
     return f"{stored.seq:>8}  {when}  {route:<22} {event_type(event):<30} {detail}"
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_bus(settings) as bus:
+        eventlog = EventLog(bus.nc)
+        auditor = Auditor(now=datetime.now(UTC))
+        if args.stuck_after is not None:
+            auditor.deadlines = dict.fromkeys(Urgency, timedelta(seconds=args.stuck_after))
+        async for stored in eventlog.replay():
+            auditor.see(stored.seq, stored.event, stored.error)
+        report = auditor.finish()
+        index_missing = await eventlog.index_missing(report.last_seq)
+    problems = len(report.findings) + index_missing
+    if args.json:
+        print(json.dumps({
+            "events": report.events,
+            "last_seq": report.last_seq,
+            "children": len(report.states),
+            "referrals": len(report.referrals),
+            "open_referrals": report.open_referrals,
+            "index_missing": index_missing,
+            "findings": [vars(f) for f in report.findings],
+            "clean": problems == 0,
+        }, indent=2))
+    else:
+        print(f"{report.events} events (seq {report.first_seq}..{report.last_seq}), {len(report.states)} children, "
+              f"{len(report.referrals)} referrals ({report.open_referrals} open)")
+        for kind in ("duplicate", "illegal", "gap", "unreadable", "stuck"):
+            print(f"  {kind:<12}{report.count(kind):>6}")
+        print(f"  {'index gap':<12}{index_missing:>6}")
+        for finding in report.findings[:50]:
+            print(f"  {finding.kind}: seq {finding.seq} {finding.child or ''} {finding.detail}")
+        print("clean" if problems == 0 else f"{problems} problem(s)")
+    return 0 if problems == 0 else 1
 
 
 async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:

@@ -150,6 +150,18 @@ class EventLog:
             if not page or len(found) >= info.get("total", 0):
                 return found
 
+    async def index_missing(self, upto_seq: int, wait: float = 5.0) -> int:
+        """How many events up to `upto_seq` the child index lacks (0 when it is complete), after
+        giving it `wait` seconds to catch up."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            log_info = await self.js.stream_info(subjects.STREAM)
+            index_info = await self.js.stream_info(subjects.CHILD_INDEX_STREAM)
+            missing = max(0, min(upto_seq, log_info.state.messages) - index_info.state.messages)
+            if missing == 0 or asyncio.get_running_loop().time() > deadline:
+                return missing
+            await asyncio.sleep(0.1)
+
     async def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event of the log in order, from `from_seq` to the end as it is now."""
         info = await self.js.stream_info(subjects.STREAM)

@@ -12,7 +12,7 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.referral.policy import SimulatedSector
 from tests.factories import new_child, request
-from tests.faults.checks import scan
+from tests.faults.checks import assert_nothing_lost_or_doubled, scan
 from tests.services import running, wait_for
 
 pytestmark = pytest.mark.faults
@@ -56,7 +56,5 @@ async def test_server_killed_and_restarted_mid_flow(own_server: EmbeddedNats, ow
         await wait_for(all_closed, within=90)
 
     report = await scan(own_log)
-    assert report.lost(acknowledged) == set()
-    assert report.doubled == {}
-    assert report.illegal == []
-    assert sum(len(s.referrals) for s in report.states.values()) == REFERRALS
+    assert_nothing_lost_or_doubled(report, acknowledged)
+    assert len(report.referrals) == REFERRALS

@@ -11,7 +11,7 @@ from refbus.contracts import subjects
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from tests.factories import new_child, request
-from tests.faults.checks import scan
+from tests.faults.checks import assert_nothing_lost_or_doubled, scan
 from tests.services import wait_for
 
 pytestmark = pytest.mark.faults
@@ -65,9 +65,6 @@ async def test_a_service_killed_while_handling_resumes_without_duplicates(
         second.wait(10)
 
     report = await scan(own_log)
-    assert report.lost(acknowledged) == set()
-    assert report.doubled == {}
-    assert report.illegal == []
-    assert report.unreadable == 0
+    assert_nothing_lost_or_doubled(report, acknowledged)
     info = await own_log.js.consumer_info(subjects.STREAM, "inbox-health")
     assert info.num_pending == 0 and info.num_ack_pending == 0
