@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo up test test-unit test-integration test-faults lint schema bench clean
+.PHONY: demo up test test-unit test-integration test-faults soak lint schema bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-integration: $(STAMP)
 
 test-faults: $(STAMP)
 	$(BIN)/pytest -q tests/faults
+
+# The fault suite with a minute of steady load around every fault instead of two seconds.
+soak: $(STAMP)
+	REFBUS_FAULT_LOAD_SECONDS=$${REFBUS_FAULT_LOAD_SECONDS:-60} $(BIN)/pytest -q tests/faults
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

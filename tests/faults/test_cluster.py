@@ -1,0 +1,92 @@
+"""The bus on a three-node NATS cluster (deploy/cluster/), streams at three replicas: kill -9 the
+stream leader under load; nothing acknowledged is lost and the flow continues."""
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from refbus.contracts import subjects
+from refbus.contracts.vocabulary import Sector
+from refbus.services.core import streams
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
+from refbus.services.core.runtime import connect
+from refbus.services.referral.policy import SimulatedSector
+from tests.faults.checks import assert_nothing_lost_or_doubled, scan
+from tests.faults.load import FaultResult, SteadyLoad, first_service_event_after, now, service_event_times
+from tests.faults.test_server_faults import LOAD_SECONDS, settle
+from tests.services import running, wait_for
+
+pytestmark = pytest.mark.faults
+NODES = {f"n{i}": (4230 + i, 8230 + i) for i in (1, 2, 3)}
+
+
+def meta_leader(monitor_port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/jsz", timeout=1) as resp:
+            return (json.load(resp).get("meta_cluster") or {}).get("leader")
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, EmbeddedNats]]:
+    nodes = {
+        name: EmbeddedNats(tmp_path / name, port=port, monitor_port=monitor,
+                           config=DEPLOY_DIR / "cluster" / f"node-{name[1]}.conf")
+        for name, (port, monitor) in NODES.items()
+    }
+    for node in nodes.values():  # each waits only for its own JetStream, not for quorum
+        node.start(timeout=30)
+    yield nodes
+    for node in nodes.values():
+        node.stop()
+
+
+async def test_stream_leader_killed_under_load(cluster: dict[str, EmbeddedNats], fault_results: list) -> None:
+    url = ",".join(node.url for node in cluster.values())
+
+    async def elected() -> bool:
+        return meta_leader(NODES["n1"][1]) is not None
+
+    await wait_for(elected, within=30)
+    nc = await connect(url, "cluster-test")
+    await streams.provision(nc.jetstream(), replicas=3)
+    eventlog = EventLog(nc, timeout=2.0)
+    info = await eventlog.js.stream_info(subjects.STREAM)
+    assert info.config.num_replicas == 3
+
+    policies = {s: SimulatedSector(s, speed=8) for s in Sector}
+    async with running(url, policies, ack_wait=2.0):
+        load = SteadyLoad(eventlog)
+        writer = asyncio.create_task(load.run())
+        await asyncio.sleep(LOAD_SECONDS)
+        leader = (await eventlog.js.stream_info(subjects.STREAM)).cluster.leader
+        assert leader in cluster
+        cluster[leader].kill()
+        killed = now()
+
+        async def new_leader() -> bool:
+            try:
+                current = (await eventlog.js.stream_info(subjects.STREAM)).cluster.leader
+            except Exception:
+                return False
+            return current is not None and current != leader
+
+        await wait_for(new_leader, within=30)
+        await asyncio.sleep(LOAD_SECONDS)
+        load.stop()
+        await writer
+        await settle(eventlog)
+    report = await scan(eventlog)
+    assert_nothing_lost_or_doubled(report, load.acknowledged)
+    assert await eventlog.index_missing(report.last_seq) == 0
+    resumed = first_service_event_after(await service_event_times(eventlog), killed)
+    assert resumed is not None
+    fault_results.append(FaultResult.of("cluster R3: stream leader kill -9", load.acknowledged, report, resumed,
+                                        f"leader was {leader}"))
+    await nc.close()
