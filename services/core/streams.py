@@ -4,6 +4,8 @@ Only `provision` declares streams (services and FastStream subscribers declare n
 process can silently rewrite the log's configuration.
 """
 
+import asyncio
+
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -13,7 +15,7 @@ from nats.js.api import (
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from refbus.contracts import subjects
 
@@ -72,14 +74,27 @@ def dead_letter_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1) -> None:
-    """Create the streams that do not exist yet; leave existing ones exactly as they are."""
+NO_PEERS_YET = 10005  # "no suitable peers for placement": a cluster still forming
+
+
+async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
+    """Create the streams that do not exist yet; leave existing ones exactly as they are.
+    On a cluster still forming (no quorum, too few peers), retry for up to `wait` seconds."""
+    deadline = asyncio.get_running_loop().time() + wait
     for config in (
         log_config(replicas, max_bytes),
         child_index_config(replicas),
         dead_letter_config(replicas),
     ):
-        try:
-            await js.stream_info(config.name)  # type: ignore[arg-type]
-        except NotFoundError:
-            await js.add_stream(config)
+        while True:
+            try:
+                try:
+                    await js.stream_info(config.name)  # type: ignore[arg-type]
+                except NotFoundError:
+                    await js.add_stream(config)
+                break
+            except (ServiceUnavailableError, BadRequestError, TimeoutError) as exc:
+                retryable = not isinstance(exc, BadRequestError) or exc.err_code == NO_PEERS_YET
+                if not retryable or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
