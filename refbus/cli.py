@@ -23,6 +23,7 @@ from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.services.core.eventlog import EventLog, StoredEvent
+from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.runner import sector_services
 from refbus.services.core.runtime import open_bus
@@ -138,9 +139,10 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus, sector_services(bus.url, settings):
         eventlog = EventLog(bus.nc)
+        writer = GroupCommitWriter(eventlog)
         sent = 0
         for case in community(args.children, args.seed):
-            await eventlog.transact(case.child, lambda _state, events=case.events: events)
+            await writer.write(case.events)
             sent += len(case.referrals)
         print(f"community of {args.children} children (seed {args.seed}) sent {sent} referrals; waiting to settle",
               flush=True)

@@ -1,0 +1,163 @@
+"""Group commit: many children's events appended in JetStream atomic batches, one fsync and one
+PubAck per batch, with every guarantee of a single append kept.
+
+- Every event carries `Nats-Msg-Id` = its event id; a batch is all or nothing.
+- The first event of each child in a batch carries that child's expected last sequence (the server
+  checks expected sequences against the stream as it was before the batch, so later events of the
+  same child in the batch ride on the first one's check and on the batch's atomicity).
+- Every event is checked by the lifecycle rules against a write-side cache of child states. The
+  cache is only a guess: a stale entry makes the server refuse the whole batch (10071), after which
+  the batch's children are re-read from the log and their events decided again. A message id already
+  stored inside the dedup window (10201) is handled the same way: the re-read shows it stored.
+"""
+
+import asyncio
+import json
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+
+from refbus.contracts import codec, subjects
+from refbus.contracts.events import Event
+from refbus.services.core.eventlog import STREAM_FULL, WRONG_LAST_SEQUENCE, EventLog, LogFull, headers_for
+from refbus.services.referral import lifecycle
+from refbus.services.referral.state import ChildState, apply
+
+log = structlog.get_logger(__name__)
+
+DUPLICATE_IN_BATCH = 10201
+MAX_BATCH = 500
+LOAD_CONCURRENCY = 256
+
+
+@dataclass
+class WriteReport:
+    stored: int = 0
+    duplicates: int = 0
+    "Already in the log (a retry or a resumed import): skipped, not stored again."
+    refused: list[lifecycle.IllegalEvent] = field(default_factory=list)
+    batches: int = 0
+    retried_batches: int = 0
+
+
+class GroupCommitWriter:
+    def __init__(self, eventlog: EventLog, batch_size: int = MAX_BATCH, timeout: float = 10.0) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH}")
+        self.eventlog = eventlog
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self._states: dict[str, ChildState] = {}
+
+    async def write(self, events: Iterable[Event]) -> WriteReport:
+        """Append `events` (each child's in order; children may interleave). Returns what happened;
+        raises LogFull when the stream is at its limit (nothing of the refused batch is stored)."""
+        report = WriteReport()
+        await self._write(events, report)
+        if report.refused:
+            # A refusal judged on a cached state is only final when a fresh read agrees.
+            doubtful, report.refused = report.refused, []
+            for refusal in doubtful:
+                self._states.pop(refusal.event.child, None)
+            await self._write([refusal.event for refusal in doubtful], report)
+        return report
+
+    async def _write(self, events: Iterable[Event], report: WriteReport) -> None:
+        queues: dict[str, deque[Event]] = {}
+        for event in events:
+            queues.setdefault(event.child, deque()).append(event)
+        while queues:
+            await self._load_missing(list(queues))
+            batch = self._next_batch(queues, report)
+            if not batch:
+                continue
+            children = {event.child for event, _ in batch}
+            if await self._commit(batch, report):
+                continue
+            # Refused as a whole: forget what we believed about its children, decide them again.
+            report.retried_batches += 1
+            for child in children:
+                self._states.pop(child, None)
+            for event, _ in reversed(batch):
+                queues.setdefault(event.child, deque()).appendleft(event)
+
+    def _next_batch(self, queues: dict[str, deque[Event]], report: WriteReport) -> list[tuple[Event, dict[str, str]]]:
+        """Take events, child by child, until the batch is full; check each against its child's state
+        (applied tentatively: a refused batch drops those states). Every child's events stay in order."""
+        batch: list[tuple[Event, dict[str, str]]] = []
+        for child in list(queues):
+            queue = queues[child]
+            state = self._states[child]
+            first_of_child = True
+            while queue and len(batch) < self.batch_size:
+                event = queue.popleft()
+                if lifecycle.is_duplicate(state, event):
+                    report.duplicates += 1
+                    continue
+                try:
+                    lifecycle.check(state, event)
+                except lifecycle.IllegalEvent as refused:
+                    report.refused.append(refused)
+                    continue
+                event_headers = headers_for(event, state.last_seq)
+                if not first_of_child:  # the server checks against the pre-batch stream only
+                    del event_headers["Nats-Expected-Last-Subject-Sequence"]
+                    del event_headers["Nats-Expected-Last-Subject-Sequence-Subject"]
+                first_of_child = False
+                apply(state, event)
+                batch.append((event, event_headers))
+            if not queue:
+                del queues[child]
+            if len(batch) >= self.batch_size:
+                break
+        return batch
+
+    async def _commit(self, batch: list[tuple[Event, dict[str, str]]], report: WriteReport) -> bool:
+        """Publish one atomic batch; True when stored, False when refused as a whole (retry)."""
+        nc = self.eventlog.nc
+        batch_id = uuid.uuid4().hex
+        last = len(batch)
+        reply = None
+        for number, (event, event_headers) in enumerate(batch, 1):
+            event_headers["Nats-Batch-Id"] = batch_id
+            event_headers["Nats-Batch-Sequence"] = str(number)
+            subject = subjects.event_subject(event.child, event.from_sector, event.to_sector)
+            if number < last:
+                await nc.publish(subject, codec.encode(event), headers=event_headers)
+                continue
+            event_headers["Nats-Batch-Commit"] = "1"
+            try:
+                reply = await nc.request(subject, codec.encode(event), timeout=self.timeout, headers=event_headers)
+            except NatsTimeout:
+                return False  # unknown outcome: re-reading the children tells what was stored
+        assert reply is not None
+        ack = json.loads(reply.data)
+        error = ack.get("error")
+        if error is None:
+            first_seq = ack["seq"] - ack.get("count", last) + 1
+            for offset, (event, _) in enumerate(batch):
+                state = self._states[event.child]
+                state.last_seq = max(state.last_seq, first_seq + offset)
+            report.stored += last
+            report.batches += 1
+            return True
+        code = error.get("err_code")
+        if code in STREAM_FULL:
+            for event, _ in batch:
+                self._states.pop(event.child, None)
+            raise LogFull(error.get("description", "stream full"))
+        if code in WRONG_LAST_SEQUENCE or code == DUPLICATE_IN_BATCH:
+            log.info("batch_refused", err_code=code, size=last)
+            return False
+        raise RuntimeError(f"atomic batch refused: {error}")
+
+    async def _load_missing(self, children: list[str]) -> None:
+        missing = [c for c in children if c not in self._states]
+        for start in range(0, len(missing), LOAD_CONCURRENCY):
+            chunk = missing[start : start + LOAD_CONCURRENCY]
+            states = await asyncio.gather(*(self.eventlog.load(c) for c in chunk))
+            self._states.update(zip(chunk, states, strict=True))
