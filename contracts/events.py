@@ -12,6 +12,7 @@ from uuid import UUID
 import msgspec
 
 from refbus.contracts.vocabulary import (
+    BasicService,
     CancelReason,
     Dimension,
     ErrorReason,
@@ -132,6 +133,12 @@ class VulnerabilityIdentified(Event, frozen=True, kw_only=True, tag="case.vulner
     dimension: Dimension
 
 
+class BasicServiceDelivered(Event, frozen=True, kw_only=True, tag="case.service-delivered"):
+    """A basic service the sector delivered to the child or family itself (no referral needed)."""
+
+    service: BasicService
+
+
 class ConsentRecorded(Event, frozen=True, kw_only=True, tag="case.consent-recorded"):
     given_by: Guardian
     sectors: tuple[Sector, ...]
@@ -156,6 +163,7 @@ AnyEvent = (
     | ReferralEnteredInError
     | CaseOpened
     | VulnerabilityIdentified
+    | BasicServiceDelivered
     | ConsentRecorded
     | ConsentWithdrawn
 )

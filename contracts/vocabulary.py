@@ -100,6 +100,15 @@ class ErrorReason(StrEnum):
     DUPLICATE_RECORD = "duplicate_record"
 
 
+class BasicService(StrEnum):
+    """The basic services a community team delivers itself (the Bacău pilot counted 550,000)."""
+
+    INFORMATION = "information"
+    COUNSELLING = "counselling"
+    ACCOMPANIMENT = "accompaniment"
+    MONITORING = "monitoring"
+
+
 class Guardian(StrEnum):
     """Who gave or withdrew consent: a role, never a person."""
 

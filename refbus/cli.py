@@ -22,6 +22,7 @@ from refbus.community import community
 from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
+from refbus.registry import checkpoint_path, import_jsonl, print_progress
 from refbus.services.core.eventlog import EventLog, StoredEvent
 from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.logs import configure_logging
@@ -98,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--upto-seq", type=int, help="replay as of this log sequence")
     history.add_argument("--as-of", type=datetime.fromisoformat, help="replay as of this time (ISO 8601)")
     history.set_defaults(command=cmd_history)
+
+    load = sub.add_parser("import", parents=[common], help="load a registry of past events (JSON Lines, one event "
+                          "per line as in contracts/schema/events.schema.json); resumable")
+    load.add_argument("file", type=Path)
+    load.add_argument("--restart", action="store_true", help="ignore the checkpoint and read from the start")
+    load.set_defaults(command=cmd_import)
 
     check = sub.add_parser("check", parents=[common], help="scan the log: duplicates, illegal transitions, "
                            "gaps, stuck referrals; exit 1 if any")
@@ -233,6 +240,18 @@ def _timeline_line(stored: StoredEvent) -> str:
     elif hasattr(event, "dimension"):
         detail = f"dimension={event.dimension}"  # type: ignore[attr-defined]
     return f"{stored.seq:>8}  {when}  {route:<22} {event_type(event):<30} {detail}"
+
+
+async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    if args.restart:
+        checkpoint_path(args.file).unlink(missing_ok=True)
+    async with open_bus(settings) as bus:
+        result = await import_jsonl(EventLog(bus.nc), args.file, progress=print_progress)
+    print(f"{result.lines} lines: {result.stored} events stored, {result.duplicates} already in the log, "
+          f"{len(result.refused)} refused, {len(result.unreadable)} unreadable, in {result.seconds:.1f} s")
+    for problem in (result.refused + result.unreadable)[:20]:
+        print(f"  {problem}", file=sys.stderr)
+    return 0 if not (result.refused or result.unreadable) else 1
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:

@@ -193,10 +193,12 @@ class EventLog:
         finally:
             await sub.unsubscribe()
 
-    async def load(self, child: str, *, min_seq: int = 0) -> ChildState:
-        """The child's state as of every acknowledged write (and at least `min_seq`)."""
+    async def load(self, child: str, *, min_seq: int = 0, fresh: bool = True) -> ChildState:
+        """The child's state as of every acknowledged write (and at least `min_seq`). `fresh=False`
+        skips the round trip that guarantees read-your-writes: for writers whose appends the
+        server's sequence check protects anyway."""
         state = ChildState(child=child)
-        for stored in await self.history(child, min_seq=min_seq):
+        for stored in await self.history(child, min_seq=min_seq, fresh=fresh):
             if stored.event is not None:
                 apply(state, stored.event, stored.seq)
             else:
@@ -204,14 +206,15 @@ class EventLog:
         return state
 
     async def history(
-        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 5.0
+        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 5.0, fresh: bool = True
     ) -> list[StoredEvent]:
         """One child's events in log order, from the REFBUS_CHILDREN index, including every write
         acknowledged before the call (read-your-writes: the index lags the log by a fraction of a
         millisecond, so the call asks the log for the child's last sequence and waits for it).
 
         `min_seq`: also wait for this sequence. `upto_seq`: stop there (a replay as of that point)."""
-        min_seq = max(min_seq, await self.last_seq(child))
+        if fresh:
+            min_seq = max(min_seq, await self.last_seq(child))
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             found = await self._read_index(child)

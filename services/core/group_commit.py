@@ -17,6 +17,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
@@ -32,6 +33,14 @@ log = structlog.get_logger(__name__)
 DUPLICATE_IN_BATCH = 10201
 MAX_BATCH = 500
 LOAD_CONCURRENCY = 256
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    RETRY = "retry"
+    "Refused as a whole (stale sequence, unknown outcome): re-read the children, decide again."
+    ID_TAKEN = "id_taken"
+    "A message id of the batch is already in the dedup window."
 
 
 @dataclass
@@ -62,7 +71,7 @@ class GroupCommitWriter:
             # A refusal judged on a cached state is only final when a fresh read agrees.
             doubtful, report.refused = report.refused, []
             for refusal in doubtful:
-                self._states.pop(refusal.event.child, None)
+                self._states[refusal.event.child] = await self.eventlog.load(refusal.event.child)
             await self._write([refusal.event for refusal in doubtful], report)
         return report
 
@@ -70,22 +79,36 @@ class GroupCommitWriter:
         queues: dict[str, deque[Event]] = {}
         for event in events:
             queues.setdefault(event.child, deque()).append(event)
+        refusals_in_a_row = 0
         while queues:
             await self._load_missing(list(queues))
-            batch = self._next_batch(queues, report)
+            # After repeated refusals, go one event at a time to isolate the culprit.
+            size = self.batch_size if refusals_in_a_row < 3 else 1
+            batch = self._next_batch(queues, report, size)
             if not batch:
                 continue
             children = {event.child for event, _ in batch}
-            if await self._commit(batch, report):
+            outcome = await self._commit(batch, report)
+            if outcome is Outcome.STORED:
+                refusals_in_a_row = 0
+                continue
+            if outcome is Outcome.ID_TAKEN and len(batch) == 1:
+                # Not in its child's history, yet the server knows the id: another event has it.
+                report.refused.append(lifecycle.IllegalEvent(batch[0][0], "event id already used by another event"))
+                self._states.pop(batch[0][0].child, None)
+                refusals_in_a_row = 0
                 continue
             # Refused as a whole: forget what we believed about its children, decide them again.
+            refusals_in_a_row += 1
             report.retried_batches += 1
             for child in children:
                 self._states.pop(child, None)
             for event, _ in reversed(batch):
                 queues.setdefault(event.child, deque()).appendleft(event)
 
-    def _next_batch(self, queues: dict[str, deque[Event]], report: WriteReport) -> list[tuple[Event, dict[str, str]]]:
+    def _next_batch(
+        self, queues: dict[str, deque[Event]], report: WriteReport, size: int
+    ) -> list[tuple[Event, dict[str, str]]]:
         """Take events, child by child, until the batch is full; check each against its child's state
         (applied tentatively: a refused batch drops those states). Every child's events stay in order."""
         batch: list[tuple[Event, dict[str, str]]] = []
@@ -93,7 +116,7 @@ class GroupCommitWriter:
             queue = queues[child]
             state = self._states[child]
             first_of_child = True
-            while queue and len(batch) < self.batch_size:
+            while queue and len(batch) < size:
                 event = queue.popleft()
                 if lifecycle.is_duplicate(state, event):
                     report.duplicates += 1
@@ -112,12 +135,12 @@ class GroupCommitWriter:
                 batch.append((event, event_headers))
             if not queue:
                 del queues[child]
-            if len(batch) >= self.batch_size:
+            if len(batch) >= size:
                 break
         return batch
 
-    async def _commit(self, batch: list[tuple[Event, dict[str, str]]], report: WriteReport) -> bool:
-        """Publish one atomic batch; True when stored, False when refused as a whole (retry)."""
+    async def _commit(self, batch: list[tuple[Event, dict[str, str]]], report: WriteReport) -> "Outcome":
+        """Publish one atomic batch: stored, or refused as a whole."""
         nc = self.eventlog.nc
         batch_id = uuid.uuid4().hex
         last = len(batch)
@@ -133,7 +156,7 @@ class GroupCommitWriter:
             try:
                 reply = await nc.request(subject, codec.encode(event), timeout=self.timeout, headers=event_headers)
             except NatsTimeout:
-                return False  # unknown outcome: re-reading the children tells what was stored
+                return Outcome.RETRY  # unknown outcome: re-reading the children tells what was stored
         assert reply is not None
         ack = json.loads(reply.data)
         error = ack.get("error")
@@ -144,7 +167,7 @@ class GroupCommitWriter:
                 state.last_seq = max(state.last_seq, first_seq + offset)
             report.stored += last
             report.batches += 1
-            return True
+            return Outcome.STORED
         code = error.get("err_code")
         if code in STREAM_FULL:
             for event, _ in batch:
@@ -152,12 +175,21 @@ class GroupCommitWriter:
             raise LogFull(error.get("description", "stream full"))
         if code in WRONG_LAST_SEQUENCE or code == DUPLICATE_IN_BATCH:
             log.info("batch_refused", err_code=code, size=last)
-            return False
+            return Outcome.ID_TAKEN if code == DUPLICATE_IN_BATCH else Outcome.RETRY
         raise RuntimeError(f"atomic batch refused: {error}")
 
     async def _load_missing(self, children: list[str]) -> None:
+        """Read the children the cache lacks. Reads may trail the log by a moment: a stale state
+        makes the server refuse the batch, and the retry reads again."""
         missing = [c for c in children if c not in self._states]
+        if len(missing) > LOAD_CONCURRENCY:
+            # Many at once (an import): one listing of the index tells which children are new.
+            known = await self.eventlog.children()
+            for child in missing:
+                if child not in known:
+                    self._states[child] = ChildState(child=child)
+            missing = [c for c in missing if c in known]
         for start in range(0, len(missing), LOAD_CONCURRENCY):
             chunk = missing[start : start + LOAD_CONCURRENCY]
-            states = await asyncio.gather(*(self.eventlog.load(c) for c in chunk))
+            states = await asyncio.gather(*(self.eventlog.load(c, fresh=False) for c in chunk))
             self._states.update(zip(chunk, states, strict=True))

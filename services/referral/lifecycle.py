@@ -5,6 +5,7 @@ named reason and never stored. The transitions follow FHIR Task.status (see desi
 """
 
 from refbus.contracts.events import (
+    BasicServiceDelivered,
     CaseOpened,
     ConsentRecorded,
     ConsentWithdrawn,
@@ -69,7 +70,7 @@ def check(state: ChildState, event: Event) -> None:
         case CaseOpened():
             if event.from_sector in state.open_cases:
                 raise IllegalEvent(event, f"{event.from_sector.value} already has a case open")
-        case VulnerabilityIdentified() | ConsentRecorded() | ConsentWithdrawn():
+        case VulnerabilityIdentified() | BasicServiceDelivered() | ConsentRecorded() | ConsentWithdrawn():
             pass
     if not isinstance(event, ReferralEvent) and event.to_sector is not None:
         raise IllegalEvent(event, "case events are addressed to no sector")

@@ -68,3 +68,12 @@ async def test_an_event_stored_by_someone_else_is_not_stored_twice(eventlog: Eve
     assert report.stored == 0 and report.duplicates == 1
     ids = [h.event.event_id for h in await eventlog.history(child) if h.event]
     assert ids.count(req.event_id) == 1
+
+
+async def test_an_event_id_used_by_two_children_is_refused_not_retried_forever(eventlog: EventLog) -> None:
+    first = request(new_child())
+    clash = request(new_child())
+    clash = type(clash)(**{**{f: getattr(clash, f) for f in clash.__struct_fields__}, "event_id": first.event_id})
+    report = await GroupCommitWriter(eventlog).write([first, clash])
+    assert report.stored == 1
+    assert [r.reason for r in report.refused] == ["event id already used by another event"]

@@ -1,0 +1,191 @@
+"""A synthetic registry at the Bacău pilot's proportions, and the import of a registry into the log.
+
+The import format is JSON Lines: one event per line, exactly as on the wire
+(contracts/schema/events.schema.json), each child's events in order. `refbus import FILE` loads it
+through group commit and keeps a checkpoint (FILE.checkpoint: the byte offset of the last line
+acknowledged by the log), so an interrupted import resumes where it stopped; lines it re-sends are
+recognised as already stored, never doubled.
+"""
+
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from refbus.community import community
+from refbus.contracts import codec
+from refbus.contracts.events import BasicServiceDelivered, Event, ReferralRequested
+from refbus.contracts.vocabulary import BasicService, Sector
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.group_commit import GroupCommitWriter, WriteReport
+from refbus.services.referral.policy import SimulatedSector
+from refbus.services.referral.state import fold
+from refbus.services.referral.work import receipt, step_event
+
+# The pilot: 22,000 vulnerable children, ~42,000 vulnerabilities, 550,000 service and referral events.
+PILOT_CHILDREN = 22_000
+PILOT_EVENTS = 550_000
+ZIPF_EXPONENT = 0.7  # a few very active children, most with a handful of events
+PILOT_START = datetime(2024, 1, 1, tzinfo=UTC)
+PILOT_SPAN = timedelta(days=730)
+
+
+def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Drive a coroutine that never waits (the simulated policy) without an event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the coroutine waited")
+
+
+def pilot_events(children: int = PILOT_CHILDREN, total: int = PILOT_EVENTS, seed: int = 1) -> list[Event]:
+    """`total` events for `children` children, in time order: cases, vulnerabilities, consent,
+    referrals with their whole lifecycle, and basic services spread by a Zipf law of activity."""
+    # Streams apart from the community's own Random(seed): equal streams would mint equal uuids.
+    rng = random.Random(f"pilot:{seed}")
+    clock_rng = random.Random(f"pilot-clock:{seed}")
+    sectors = {s: SimulatedSector(s, seed=seed) for s in Sector}
+    per_child: list[list[Event]] = []
+    for case in community(children, seed, clock=lambda: PILOT_START + PILOT_SPAN * clock_rng.random() * 0.5):
+        events = list(case.events)
+        moment = case.events[0].occurred_at
+        for request in case.referrals:
+            events += _lifecycle(request, events, sectors[request.to_sector], rng, moment)
+        per_child.append(events)
+    base = sum(len(e) for e in per_child)
+    weights = [1 / (rank + 1) ** ZIPF_EXPONENT for rank in range(children)]
+    rng.shuffle(weights)
+    scale = max(0, total - base) / sum(weights)
+    shares = [int(w * scale) for w in weights]
+    for i in rng.sample(range(children), k=max(0, total - base - sum(shares))):
+        shares[i] += 1
+    for events, extra in zip(per_child, shares, strict=True):
+        events += _basic_services(events[0], extra, rng)
+    merged = sorted((e for events in per_child for e in events), key=lambda e: e.occurred_at)
+    return merged[:total]
+
+
+def _lifecycle(request: ReferralRequested, before: list[Event], policy: SimulatedSector, rng: random.Random,
+               moment: datetime) -> list[Event]:
+    child = request.child
+    state = fold(child, enumerate(before, 1))
+    referral = state.referrals[request.referral_id]
+    clock = moment + timedelta(hours=rng.uniform(1, 48))
+    events: list[Event] = [receipt(referral, child, clock, request.event_id)]
+    for _ in range(8):
+        state = fold(child, enumerate(before + events, 1))
+        referral = state.referrals[request.referral_id]
+        step = _run(policy.next_step(referral, state))
+        if step is None:
+            break
+        clock += timedelta(days=rng.uniform(0.5, 20))
+        events.append(step_event(step, referral, child, referral.receiver, clock, request.event_id))
+    return events
+
+
+def _basic_services(opened: Event, count: int, rng: random.Random) -> list[Event]:
+    start = opened.occurred_at
+    times = sorted(start + PILOT_SPAN * 0.5 * rng.random() for _ in range(count))
+    kinds = list(BasicService)
+    return [
+        BasicServiceDelivered(
+            event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+            child=opened.child,
+            from_sector=opened.from_sector,
+            occurred_at=max(start, when),
+            actor=opened.actor,
+            correlation_id=opened.correlation_id,
+            service=rng.choice(kinds),
+        )
+        for when in times
+    ]
+
+
+def write_jsonl(events: list[Event], path: Path) -> None:
+    encoder = msgspec.json.Encoder()
+    with open(path, "wb") as out:
+        for event in events:
+            out.write(encoder.encode(event))
+            out.write(b"\n")
+
+
+@dataclass
+class ImportResult:
+    lines: int
+    stored: int
+    duplicates: int
+    refused: list[str]
+    unreadable: list[str]
+    seconds: float
+
+
+def checkpoint_path(path: Path) -> Path:
+    return path.with_name(path.name + ".checkpoint")
+
+
+async def import_jsonl(
+    eventlog: EventLog,
+    path: Path,
+    chunk: int = 20_000,
+    limit: int | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> ImportResult:
+    """Import `path` from its checkpoint on. `limit` stops after that many lines (for tests of resume)."""
+    # Local, buffered file reads between network round trips: not worth a thread each.
+    checkpoint = checkpoint_path(path)
+    offset = int(checkpoint.read_text()) if checkpoint.exists() else 0
+    size = path.stat().st_size  # noqa: ASYNC240
+    writer = GroupCommitWriter(eventlog)
+    totals = WriteReport()
+    unreadable: list[str] = []
+    lines = 0
+    started = time.perf_counter()
+    with open(path, "rb") as source:  # noqa: ASYNC230
+        source.seek(offset)
+        while limit is None or lines < limit:
+            batch: list[Event] = []
+            while len(batch) < chunk and (limit is None or lines < limit):
+                line = source.readline()
+                if not line:
+                    break
+                lines += 1
+                if not line.strip():
+                    continue
+                try:
+                    batch.append(codec.decode(line))
+                except codec.UndecodableEvent as exc:
+                    unreadable.append(f"byte {source.tell() - len(line)}: {exc.reason}")
+            if not batch:
+                break
+            report = await writer.write(batch)
+            totals.stored += report.stored
+            totals.duplicates += report.duplicates
+            totals.refused += report.refused
+            offset = source.tell()
+            checkpoint.write_text(str(offset))  # everything before it is acknowledged by the log
+            if progress is not None:
+                progress(offset, size, time.perf_counter() - started)
+    return ImportResult(
+        lines=lines,
+        stored=totals.stored,
+        duplicates=totals.duplicates,
+        refused=[str(r) for r in totals.refused],
+        unreadable=unreadable,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def print_progress(done: int, size: int, seconds: float) -> None:
+    bar = "#" * int(30 * done / max(size, 1))
+    sys.stderr.write(f"\r[{bar:<30}] {100 * done / max(size, 1):5.1f}%  {done / 1e6:8.1f} MB  {seconds:6.1f} s")
+    if done >= size:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
