@@ -80,3 +80,20 @@ def child() -> str:
 
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A server of the test's own: for tests that kill it, or that write so much that they would
+    flood the shared server's sector inboxes."""
+    server = EmbeddedNats(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture
+async def own_log(own_server: EmbeddedNats) -> AsyncIterator[EventLog]:
+    nc = await connect(own_server.url, "own-log")
+    await streams.provision(nc.jetstream())
+    yield EventLog(nc, timeout=2.0)
+    await nc.close()
