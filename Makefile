@@ -37,6 +37,11 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Under 15 minutes on 2 cores; writes bench/results/latest.json and latest.png.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python bench/run.py
+
 schema: $(STAMP)
 	$(BIN)/refbus schema
 

@@ -101,7 +101,7 @@ def _child_case(rng: random.Random, now: datetime) -> ChildCase:
             **extra,
         }
 
-    count = min(6, 1 + int(rng.expovariate(1 / 0.9)))  # ~1.9 vulnerabilities per child
+    count = min(6, 1 + int(rng.expovariate(1 / 1.9)))  # ~1.9 distinct vulnerabilities per child
     dimensions = rng.sample(list(DIMENSION_WEIGHTS), k=count, counts=list(DIMENSION_WEIGHTS.values()))
     dimensions = list(dict.fromkeys(dimensions))
     events: list[Event] = [CaseOpened(**envelope(household="h" + _hex(rng, 16)))]  # type: ignore[arg-type]

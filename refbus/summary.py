@@ -3,10 +3,12 @@
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from refbus.contracts.vocabulary import Status
-from refbus.services.core.eventlog import EventLog, StoredEvent
-from refbus.services.referral.state import ChildState, Referral, apply
+from refbus.services.core.eventlog import EventLog
+from refbus.services.referral.audit import Auditor
+from refbus.services.referral.state import Referral
 
 
 @dataclass
@@ -58,17 +60,14 @@ def _percentiles(values: list[float]) -> str:
 
 
 async def summarise(eventlog: EventLog) -> Summary:
-    """Replay the whole log once and fold every child."""
-    states: dict[str, ChildState] = {}
-    summary = Summary()
-    stored: StoredEvent
+    """Replay the whole log once, through the same fold `refbus check` uses."""
+    auditor = Auditor(now=datetime.now(UTC))
     async for stored in eventlog.replay():
-        summary.events += 1
-        if stored.event is None:
-            summary.unreadable += 1
-            continue
-        child = stored.event.child
-        apply(states.setdefault(child, ChildState(child=child)), stored.event, stored.seq)
-    summary.children = len(states)
-    summary.referrals = [r for s in states.values() for r in s.referrals.values()]
-    return summary
+        auditor.see(stored.seq, stored.event, stored.error)
+    report = auditor.report
+    return Summary(
+        children=len(report.states),
+        events=report.events,
+        unreadable=report.count("unreadable"),
+        referrals=report.referrals,
+    )

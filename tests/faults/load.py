@@ -30,6 +30,7 @@ class SteadyLoad:
     refused_full: int = 0
     sent: int = 0
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: "asyncio.Task[None] | None" = None
 
     def next_request(self) -> ReferralRequested:
         to, service = TARGETS[self.sent % len(TARGETS)]
@@ -58,8 +59,13 @@ class SteadyLoad:
             await self.send(self.next_request())
             await asyncio.sleep(self.interval)
 
-    def stop(self) -> None:
+    def start(self) -> "SteadyLoad":
+        self._task = asyncio.create_task(self.run())
+        return self
+
+    async def finish(self) -> None:
         self._stop.set()
+        await self._task
 
 
 def first_service_event_after(report_events: list[tuple[datetime, bool]], moment: datetime) -> float | None:

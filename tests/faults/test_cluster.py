@@ -16,9 +16,9 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
 from refbus.services.core.runtime import connect
 from refbus.services.referral.policy import SimulatedSector
-from tests.faults.checks import assert_nothing_lost_or_doubled, scan
-from tests.faults.load import FaultResult, SteadyLoad, first_service_event_after, now, service_event_times
-from tests.faults.test_server_faults import LOAD_SECONDS, settle
+from tests.faults.checks import conclude
+from tests.faults.load import SteadyLoad, now
+from tests.faults.test_server_faults import LOAD_SECONDS
 from tests.services import running, wait_for
 
 pytestmark = pytest.mark.faults
@@ -62,8 +62,7 @@ async def test_stream_leader_killed_under_load(cluster: dict[str, EmbeddedNats],
 
     policies = {s: SimulatedSector(s, speed=8) for s in Sector}
     async with running(url, policies, ack_wait=2.0):
-        load = SteadyLoad(eventlog)
-        writer = asyncio.create_task(load.run())
+        load = SteadyLoad(eventlog).start()
         await asyncio.sleep(LOAD_SECONDS)
         leader = (await eventlog.js.stream_info(subjects.STREAM)).cluster.leader
         assert leader in cluster
@@ -79,14 +78,8 @@ async def test_stream_leader_killed_under_load(cluster: dict[str, EmbeddedNats],
 
         await wait_for(new_leader, within=30)
         await asyncio.sleep(LOAD_SECONDS)
-        load.stop()
-        await writer
-        await settle(eventlog)
-    report = await scan(eventlog)
-    assert_nothing_lost_or_doubled(report, load.acknowledged)
-    assert await eventlog.index_missing(report.last_seq) == 0
-    resumed = first_service_event_after(await service_event_times(eventlog), killed)
-    assert resumed is not None
-    fault_results.append(FaultResult.of("cluster R3: stream leader kill -9", load.acknowledged, report, resumed,
-                                        f"leader was {leader}"))
+        result = await conclude(eventlog, load, "cluster R3: stream leader kill -9", killed, f"leader was {leader}")
+    fault_results.append(result)
+    last_seq = (await eventlog.js.stream_info(subjects.STREAM)).state.last_seq
+    assert await eventlog.index_missing(last_seq) == 0
     await nc.close()

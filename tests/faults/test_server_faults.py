@@ -15,8 +15,8 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.core.runtime import connect
 from refbus.services.referral.policy import SimulatedSector
-from tests.faults.checks import assert_nothing_lost_or_doubled, scan
-from tests.faults.load import FaultResult, SteadyLoad, first_service_event_after, now, service_event_times
+from tests.faults.checks import conclude
+from tests.faults.load import SteadyLoad, now
 from tests.services import running, wait_for
 
 pytestmark = pytest.mark.faults
@@ -26,56 +26,32 @@ LOAD_SECONDS = float(os.environ.get("REFBUS_FAULT_LOAD_SECONDS", "2"))
 POLICIES = {s: SimulatedSector(s, speed=8) for s in Sector}
 
 
-async def settle(eventlog: EventLog, within: float = 90.0) -> None:
-    async def all_closed() -> bool:
-        return (await scan(eventlog)).open_referrals == 0
-
-    await wait_for(all_closed, within=within)
-
-
 async def test_server_killed_and_restarted_under_load(own_server: EmbeddedNats, own_log: EventLog,
                                                        fault_results: list) -> None:
     async with running(own_server.url, POLICIES, ack_wait=2.0):
-        load = SteadyLoad(own_log)
-        writer = asyncio.create_task(load.run())
+        load = SteadyLoad(own_log).start()
         await asyncio.sleep(LOAD_SECONDS)
         own_server.kill()
         await asyncio.sleep(1.0)
         await asyncio.to_thread(own_server.start)
         recovered = now()
         await asyncio.sleep(LOAD_SECONDS)
-        load.stop()
-        await writer
-        await settle(own_log)
-    report = await scan(own_log)
-    assert_nothing_lost_or_doubled(report, load.acknowledged)
-    resumed = first_service_event_after(await service_event_times(own_log), recovered)
-    assert resumed is not None, "no sector service wrote anything after the restart"
-    fault_results.append(FaultResult.of("nats-server kill -9, restarted after 1 s", load.acknowledged, report,
-                                        resumed))
+        fault_results.append(await conclude(own_log, load, "nats-server kill -9, restarted after 1 s", recovered))
 
 
 async def test_server_frozen_longer_than_client_timeouts(own_server: EmbeddedNats, own_log: EventLog,
                                                           fault_results: list) -> None:
     freeze_s = 7.0  # > the event log's 5 s request timeout and the test writer's 2 s
     async with running(own_server.url, POLICIES, ack_wait=2.0):
-        load = SteadyLoad(own_log)
-        writer = asyncio.create_task(load.run())
+        load = SteadyLoad(own_log).start()
         await asyncio.sleep(LOAD_SECONDS)
         own_server.freeze()
         await asyncio.sleep(freeze_s)
         own_server.thaw()
         thawed = now()
         await asyncio.sleep(LOAD_SECONDS)
-        load.stop()
-        await writer
-        await settle(own_log)
-    report = await scan(own_log)
-    assert_nothing_lost_or_doubled(report, load.acknowledged)
-    resumed = first_service_event_after(await service_event_times(own_log), thawed)
-    assert resumed is not None
-    fault_results.append(FaultResult.of(f"nats-server SIGSTOP {freeze_s:.0f} s, then SIGCONT", load.acknowledged,
-                                        report, resumed))
+        fault_results.append(await conclude(own_log, load, f"nats-server SIGSTOP {freeze_s:.0f} s, then SIGCONT",
+                                            thawed))
 
 
 async def test_stream_filled_to_its_limit(own_server: EmbeddedNats, fault_results: list) -> None:
@@ -83,8 +59,7 @@ async def test_stream_filled_to_its_limit(own_server: EmbeddedNats, fault_result
     await streams.provision(nc.jetstream(), max_bytes=256 * 1024)
     eventlog = EventLog(nc, timeout=2.0)
     async with running(own_server.url, POLICIES, ack_wait=2.0):
-        load = SteadyLoad(eventlog, interval=0.005)
-        writer = asyncio.create_task(load.run())
+        load = SteadyLoad(eventlog, interval=0.005).start()
 
         async def full() -> bool:
             return load.refused_full > 0
@@ -99,14 +74,8 @@ async def test_stream_filled_to_its_limit(own_server: EmbeddedNats, fault_result
         await eventlog.js.update_stream(config)
         raised = now()
         await asyncio.sleep(LOAD_SECONDS)
-        load.stop()
-        await writer
-        await settle(eventlog)
-    report = await scan(eventlog)
-    assert_nothing_lost_or_doubled(report, load.acknowledged)
-    assert report.first_seq == 1
-    resumed = first_service_event_after(await service_event_times(eventlog), raised)
-    assert resumed is not None
-    fault_results.append(FaultResult.of("stream full (256 KiB, discard new), limit raised", load.acknowledged,
-                                        report, resumed, f"{load.refused_full} appends refused while full"))
+        result = await conclude(eventlog, load, "stream full (256 KiB, discard new), limit raised", raised,
+                                f"{load.refused_full} appends refused while full")
+    fault_results.append(result)
+    assert (await eventlog.js.stream_info(subjects.STREAM)).state.first_seq == 1  # nothing old was dropped
     await nc.close()

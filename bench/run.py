@@ -1,0 +1,419 @@
+"""`make bench`: refbus against the raw nats-py ceiling, on the same machine, in the same run.
+
+Workload: a synthetic registry at the Bacău pilot's proportions (22,000 vulnerable children, ~42,000
+vulnerabilities, 550,000 service and referral events, Zipf activity), fixed seeds. Every figure on
+our side has every guarantee on: PubAck awaited, Nats-Msg-Id, per-child expected sequence, lifecycle
+rules, and the server's fsync before every acknowledgement (deploy/nats-server.conf), which the raw
+side shares (same server, same stream settings).
+
+Writes bench/results/latest.json and latest.png, and prints a table.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import nats
+from nats.js.api import DeliverPolicy
+
+from refbus.contracts import codec, subjects
+from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
+from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
+from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
+from refbus.services.core import streams
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.group_commit import GroupCommitWriter
+from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats
+from refbus.services.core.runtime import connect
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RAW_STREAM = "BENCHRAW"
+APPEND_EVENTS = 100_000
+HISTORY_SIZES = (10_000, 100_000, 1_000_000)
+HISTORY_SAMPLES = 400
+LATENCY_RATE = 500  # referrals offered per second
+LATENCY_SECONDS = 20
+SIM_SPEED = 1000  # the simulated sectors decide in about a millisecond: we time the bus, not the humans
+
+
+def ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p99": at(0.99), "p99.9": at(0.999), "n": len(ordered)}
+
+
+# -- the raw ceiling ------------------------------------------------------------------------------
+
+
+async def raw_publish_async(nc: nats.NATS, payloads: list[tuple[str, bytes]]) -> float:
+    js = nc.jetstream(publish_async_max_pending=4000)
+    start = time.perf_counter()
+    for subject, payload in payloads:
+        await js.publish_async(subject, payload)
+    await js.publish_async_completed()
+    return len(payloads) / (time.perf_counter() - start)
+
+
+async def raw_atomic_batches(nc: nats.NATS, payloads: list[tuple[str, bytes]], size: int = 500) -> float:
+    start = time.perf_counter()
+    for first in range(0, len(payloads), size):
+        chunk = payloads[first : first + size]
+        batch_id = uuid.uuid4().hex
+        for number, (subject, payload) in enumerate(chunk, 1):
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+            if number < len(chunk):
+                await nc.publish(subject, payload, headers=headers)
+            else:
+                headers["Nats-Batch-Commit"] = "1"
+                reply = await nc.request(subject, payload, headers=headers, timeout=10)
+                assert b'"error"' not in reply.data, reply.data
+    return len(payloads) / (time.perf_counter() - start)
+
+
+async def raw_replay(nc: nats.NATS, count: int) -> float:
+    """The fastest plain read of the whole log: an ordered consumer with a callback, no decoding."""
+    done = asyncio.Event()
+    seen = 0
+
+    async def on_message(msg: object) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= count:
+            done.set()
+
+    start = time.perf_counter()
+    sub = await nc.jetstream().subscribe(subjects.LOG_SUBJECTS, cb=on_message, ordered_consumer=True,
+                                         deliver_policy=DeliverPolicy.ALL, pending_msgs_limit=200_000)
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    return count / elapsed
+
+
+# -- our side -------------------------------------------------------------------------------------
+
+
+async def our_append(eventlog: EventLog, events: list[Event]) -> float:
+    start = time.perf_counter()
+    report = await GroupCommitWriter(eventlog).write(events)
+    elapsed = time.perf_counter() - start
+    assert report.stored == len(events) and not report.refused, report
+    return len(events) / elapsed
+
+
+async def our_replay(eventlog: EventLog) -> tuple[float, int]:
+    start = time.perf_counter()
+    count = 0
+    async for stored in eventlog.replay():
+        count += stored.event is not None
+    return count / (time.perf_counter() - start), count
+
+
+async def child_history(eventlog: EventLog, children: list[str]) -> dict[str, float]:
+    timings = []
+    for child in children:
+        start = time.perf_counter()
+        history = await eventlog.history(child)
+        timings.append(time.perf_counter() - start)
+        assert history, child
+    return ms(timings)
+
+
+async def index_catch_up(eventlog: EventLog, size: int) -> float:
+    """Seconds until the child index has copied everything ingested so far (it trails a bulk load)."""
+    start = time.perf_counter()
+    missing = await eventlog.index_missing(size, wait=300)
+    assert missing == 0, f"the index still lacks {missing} events"
+    return round(time.perf_counter() - start, 2)
+
+
+def sample_children(events: list[Event], count: int, seed: int) -> list[str]:
+    """Half drawn by activity (the Zipf-heavy children), half uniformly."""
+    rng = random.Random(seed)
+    by_event = [e.child for e in events]
+    distinct = sorted(set(by_event))
+    return rng.choices(by_event, k=count // 2) + rng.choices(distinct, k=count - count // 2)
+
+
+# -- end to end, with the four sector services as processes -----------------------------------------
+
+
+def referral(to: Sector, service: str, rng: random.Random) -> ReferralRequested:
+    referral_id = uuid.UUID(int=rng.getrandbits(128), version=4)
+    return ReferralRequested(
+        event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+        child=f"c{rng.getrandbits(64):016x}",
+        from_sector=Sector.SOCIAL,
+        to_sector=to,
+        occurred_at=datetime.now(UTC),
+        actor="w0000be4c",
+        correlation_id=referral_id,
+        referral_id=referral_id,
+        dimension=Dimension.HEALTH,
+        service=service,
+        urgency=Urgency.ROUTINE,
+        legal_basis=LegalBasis.CHILD_PROTECTION_DUTY,
+    )
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
+    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_SIM_SPEED": str(SIM_SPEED), "REFBUS_LOG_LEVEL": "WARNING"}
+    return {
+        s: subprocess.Popen([sys.executable, "-m", "refbus.cli", "service", s.value], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for s in Sector
+    }
+
+
+async def end_to_end(workdir: Path) -> dict[str, object]:
+    server = EmbeddedNats(workdir / "e2e").start()
+    nc = await connect(server.url, "bench-e2e")
+    await streams.provision(nc.jetstream())
+    services = start_services(server.url)
+    try:
+        await asyncio.sleep(3)  # let each service connect and bind its inbox
+        eventlog = EventLog(nc)
+        sectors = [s for s in Sector if s is not Sector.SOCIAL]
+        services_by_sector = {Sector.HEALTH: "vaccination", Sector.EDUCATION: "school_enrolment",
+                              Sector.JUSTICE: "birth_registration"}
+        total = LATENCY_RATE * LATENCY_SECONDS
+        rng = random.Random(5)
+        pending: set[asyncio.Task[object]] = set()
+        start = time.perf_counter()
+        for i in range(total):
+            # Open loop: each referral leaves at its own time, whatever happened to the previous one.
+            await asyncio.sleep(max(0.0, start + i / LATENCY_RATE - time.perf_counter()))
+            to = sectors[i % 3]
+            task = asyncio.create_task(eventlog.record(referral(to, services_by_sector[to], rng)))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+        offered = total / (time.perf_counter() - start)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = [await nc.jetstream().consumer_info(subjects.STREAM, f"inbox-{s.value}") for s in sectors]
+            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in info):
+                break
+            await asyncio.sleep(0.5)
+        requested: dict[object, datetime] = {}
+        received: list[float] = []
+        accepted: list[float] = []
+        async for stored in eventlog.replay():
+            event = stored.event
+            if isinstance(event, ReferralRequested):
+                requested[event.referral_id] = stored.stored_at
+            elif isinstance(event, ReferralReceived | ReferralAccepted):
+                delay = (stored.stored_at - requested[event.referral_id]).total_seconds()
+                (received if isinstance(event, ReferralReceived) else accepted).append(delay)
+        memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
+    finally:
+        for process in services.values():
+            process.terminate()
+        for process in services.values():
+            process.wait(10)
+        await nc.close()
+        server.stop()
+    return {
+        "offered_referrals_per_s": round(offered, 1),
+        "referrals": total,
+        "request_to_received_ms": ms(received),
+        "request_to_accepted_ms": ms(accepted),
+        "sim_speed": SIM_SPEED,
+        "service_peak_rss_mb": memory,
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def environment(server_version: str) -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    fsync = "always" if "sync_interval: always" in DEFAULT_CONFIG.read_text() else "server default (2 min)"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform()},
+        "python": platform.python_version(),
+        "versions": {
+            "nats-server": server_version,
+            **{name: metadata.version(name) for name in ("nats-py", "faststream", "msgspec", "refbus")},
+        },
+        "fsync": f"sync_interval: {fsync} (both sides: same server, same stream settings)",
+        "seeds": {"pilot": 1, "fill": 2, "append": 3, "samples": 4},
+    }
+
+
+async def run(workdir: Path) -> dict[str, object]:
+    print("generating the pilot registry (550,000 events) and the rest of a 1,000,000-event log ...", flush=True)
+    pilot = pilot_events(seed=1)
+    fill = pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - APPEND_EVENTS)
+    appended = pilot_events(seed=3, total=APPEND_EVENTS)
+    pilot_file, fill_file = workdir / "pilot.jsonl", workdir / "fill.jsonl"
+    write_jsonl(pilot, pilot_file)
+    write_jsonl(fill, fill_file)
+
+    server = EmbeddedNats(workdir / "nats").start()
+    nc = await connect(server.url, "bench")
+    js = nc.jetstream()
+    await streams.provision(js)
+    raw_config = streams.log_config()
+    raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
+    await js.add_stream(raw_config)
+    eventlog = EventLog(nc, timeout=10)
+    results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
+
+    print("ingesting the pilot with `refbus import`, measuring one child's history on the way ...", flush=True)
+    history: dict[str, dict[str, float]] = {}
+    catch_up: dict[str, float] = {}
+    ingest_seconds = 0.0
+    imported = 0
+    for size in (HISTORY_SIZES[0], HISTORY_SIZES[1], PILOT_EVENTS):
+        result = await import_jsonl(eventlog, pilot_file, limit=size - imported)
+        assert result.stored == size - imported and not result.refused, result
+        imported, ingest_seconds = size, ingest_seconds + result.seconds
+        catch_up[str(size)] = await index_catch_up(eventlog, size)
+        if size in HISTORY_SIZES:
+            history[str(size)] = await child_history(eventlog, sample_children(pilot[:size], HISTORY_SAMPLES, 4))
+    results["pilot_ingest_s"] = round(ingest_seconds, 2)
+    results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
+
+    print(f"appending {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...", flush=True)
+    payloads = [(f"bench.raw.{e.child}.{e.from_sector.value}.none", codec.encode(e)) for e in appended]
+    rates = {
+        "raw_publish_async": await raw_publish_async(nc, payloads),
+        "raw_atomic_batch_500": await raw_atomic_batches(nc, payloads),
+        "refbus_group_commit": await our_append(eventlog, appended),
+    }
+    ceiling = max(rates["raw_publish_async"], rates["raw_atomic_batch_500"])
+    results["append_events_per_s"] = {k: round(v) for k, v in rates.items()}
+    results["append_ratio"] = round(rates["refbus_group_commit"] / ceiling, 3)
+
+    print("filling the log to 1,000,000 events ...", flush=True)
+    result = await import_jsonl(eventlog, fill_file)
+    assert not result.refused, result.refused[:3]
+    info = await js.stream_info(subjects.STREAM)
+    assert info.state.messages == HISTORY_SIZES[-1], info.state.messages
+    catch_up[str(HISTORY_SIZES[-1])] = await index_catch_up(eventlog, HISTORY_SIZES[-1])
+    results["index_catch_up_after_ingest_s"] = catch_up
+    history[str(HISTORY_SIZES[-1])] = await child_history(eventlog, sample_children(pilot, HISTORY_SAMPLES, 4))
+    results["child_history_ms"] = history
+    results["child_history_p99_ms"] = {size: h["p99"] for size, h in history.items()}
+
+    print("replaying the whole log: raw ordered consumer, then refbus (decoded events) ...", flush=True)
+    raw_rate = await raw_replay(nc, info.state.messages)
+    our_rate, count = await our_replay(eventlog)
+    assert count == info.state.messages
+    results["replay_events_per_s"] = {"raw_ordered_consumer": round(raw_rate), "refbus": round(our_rate)}
+    results["replay_ratio"] = round(our_rate / raw_rate, 3)
+    await nc.close()
+    server.stop()
+
+    print(f"end to end: {LATENCY_RATE} referrals/s for {LATENCY_SECONDS} s through the four services ...", flush=True)
+    e2e = await end_to_end(workdir)
+    results["end_to_end"] = e2e
+    results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
+    results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
+    return results
+
+
+def table(results: dict) -> str:
+    a, r, h, e = results["append_events_per_s"], results["replay_events_per_s"], results["child_history_ms"], \
+        results["end_to_end"]
+    lines = [
+        f"{'measure':<46}{'refbus':>14}{'raw ceiling':>14}{'ratio':>8}   target",
+        f"{'append, events/s (all guarantees, fsync)':<46}{a['refbus_group_commit']:>14,}"
+        f"{max(a['raw_publish_async'], a['raw_atomic_batch_500']):>14,}{results['append_ratio']:>8}   >= 0.5",
+        f"{'   raw publish_async / atomic batch 500':<46}{'':>14}"
+        f"{a['raw_publish_async']:>7,}/{a['raw_atomic_batch_500']:,}",
+        f"{'replay of the whole log, events/s':<46}{r['refbus']:>14,}{r['raw_ordered_consumer']:>14,}"
+        f"{results['replay_ratio']:>8}   >= 0.7",
+        f"{'pilot ingest (550,000 events), s':<46}{results['pilot_ingest_s']:>14}{'':>22}   < 60",
+    ]
+    for size, stats in h.items():
+        lines.append(f"{'child history at ' + format(int(size), ',') + ' events, p50/p99 ms':<46}"
+                     f"{stats['p50']:>7}/{stats['p99']:<6}{'':>22}   p99 <= 5, flat")
+    for name in ("request_to_received_ms", "request_to_accepted_ms"):
+        stats = e[name]
+        lines.append(f"{name.replace('_ms', '') + ' p50/p99/p99.9 ms':<46}"
+                     f"{stats['p50']:>6}/{stats['p99']}/{stats['p99.9']}"
+                     + ("   p99 < 50" if "received" in name else ""))
+    lines.append(f"{'   at offered load, referrals/s':<46}{e['offered_referrals_per_s']:>14}")
+    memory = e["service_peak_rss_mb"]
+    lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4.8))
+    a = results["append_events_per_s"]
+    left.bar(["raw\npublish_async", "raw atomic\nbatch 500", "refbus\ngroup commit"],
+             [a["raw_publish_async"], a["raw_atomic_batch_500"], a["refbus_group_commit"]],
+             color=["#999", "#999", "#2a7"])
+    left.set_title(f"append, events/s (fsync always): ratio {results['append_ratio']}")
+    sizes = [int(s) for s in results["child_history_ms"]]
+    for quantile, style in (("p50", "o-"), ("p99", "s--")):
+        middle.plot(sizes, [results["child_history_ms"][str(s)][quantile] for s in sizes], style, label=quantile)
+    middle.axhline(5, color="red", linewidth=0.8, label="p99 target")
+    middle.set_xscale("log")
+    middle.set_xlabel("events in the log")
+    middle.set_ylabel("ms")
+    middle.set_title("one child's history")
+    middle.legend()
+    e = results["end_to_end"]
+    names = ["p50", "p99", "p99.9"]
+    for offset, key in ((-0.2, "request_to_received_ms"), (0.2, "request_to_accepted_ms")):
+        right.bar([i + offset for i in range(3)], [e[key][n] for n in names], width=0.4, label=key[:-3])
+    right.set_xticks(range(3), names)
+    right.set_ylabel("ms")
+    right.set_title(f"end to end at {e['offered_referrals_per_s']} referrals/s")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="where the servers keep their data (default: a temp dir)")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        started = time.perf_counter()
+        results = asyncio.run(run(workdir))
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, RESULTS / "latest.png")
+    print()
+    print(table(results))
+    print(f"\nwritten: {RESULTS / 'latest.json'}, {RESULTS / 'latest.png'} ({results['bench_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
