@@ -141,12 +141,21 @@ async def index_catch_up(eventlog: EventLog, size: int) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def sample_children(events: list[Event], count: int, seed: int) -> list[str]:
-    """Half drawn by activity (the Zipf-heavy children), half uniformly."""
+def sample_children(events: list[Event], count: int, seed: int, by_activity: bool) -> list[str]:
+    """Children drawn uniformly (a typical child), or weighted by their number of events (the
+    Zipf-heavy children, some with thousands of events, dominate)."""
     rng = random.Random(seed)
     by_event = [e.child for e in events]
-    distinct = sorted(set(by_event))
-    return rng.choices(by_event, k=count // 2) + rng.choices(distinct, k=count - count // 2)
+    return rng.choices(by_event if by_activity else sorted(set(by_event)), k=count)
+
+
+async def child_histories(eventlog: EventLog, events: list[Event]) -> dict[str, dict[str, float]]:
+    return {
+        "uniform": await child_history(eventlog, sample_children(events, HISTORY_SAMPLES, 4, by_activity=False)),
+        "activity_weighted": await child_history(
+            eventlog, sample_children(events, HISTORY_SAMPLES, 4, by_activity=True)
+        ),
+    }
 
 
 # -- end to end, with the four sector services as processes -----------------------------------------
@@ -284,7 +293,7 @@ async def run(workdir: Path) -> dict[str, object]:
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
 
     print("ingesting the pilot with `refbus import`, measuring one child's history on the way ...", flush=True)
-    history: dict[str, dict[str, float]] = {}
+    history: dict[str, dict[str, dict[str, float]]] = {}
     catch_up: dict[str, float] = {}
     ingest_seconds = 0.0
     imported = 0
@@ -294,7 +303,7 @@ async def run(workdir: Path) -> dict[str, object]:
         imported, ingest_seconds = size, ingest_seconds + result.seconds
         catch_up[str(size)] = await index_catch_up(eventlog, size)
         if size in HISTORY_SIZES:
-            history[str(size)] = await child_history(eventlog, sample_children(pilot[:size], HISTORY_SAMPLES, 4))
+            history[str(size)] = await child_histories(eventlog, pilot[:size])
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
 
@@ -316,9 +325,10 @@ async def run(workdir: Path) -> dict[str, object]:
     assert info.state.messages == HISTORY_SIZES[-1], info.state.messages
     catch_up[str(HISTORY_SIZES[-1])] = await index_catch_up(eventlog, HISTORY_SIZES[-1])
     results["index_catch_up_after_ingest_s"] = catch_up
-    history[str(HISTORY_SIZES[-1])] = await child_history(eventlog, sample_children(pilot, HISTORY_SAMPLES, 4))
+    history[str(HISTORY_SIZES[-1])] = await child_histories(eventlog, pilot)
     results["child_history_ms"] = history
-    results["child_history_p99_ms"] = {size: h["p99"] for size, h in history.items()}
+    # The headline: a typical child. The activity-weighted figures are beside it in child_history_ms.
+    results["child_history_p99_ms"] = {size: h["uniform"]["p99"] for size, h in history.items()}
 
     print("replaying the whole log: raw ordered consumer, then refbus (decoded events) ...", flush=True)
     raw_rate = await raw_replay(nc, info.state.messages)
@@ -350,9 +360,11 @@ def table(results: dict) -> str:
         f"{results['replay_ratio']:>8}   >= 0.7",
         f"{'pilot ingest (550,000 events), s':<46}{results['pilot_ingest_s']:>14}{'':>22}   < 60",
     ]
-    for size, stats in h.items():
+    for size, samples in h.items():
+        uniform, weighted = samples["uniform"], samples["activity_weighted"]
         lines.append(f"{'child history at ' + format(int(size), ',') + ' events, p50/p99 ms':<46}"
-                     f"{stats['p50']:>7}/{stats['p99']:<6}{'':>22}   p99 <= 5, flat")
+                     f"{uniform['p50']:>7}/{uniform['p99']:<8}(by activity {weighted['p50']}/{weighted['p99']})"
+                     "   p99 <= 5, flat")
     for name in ("request_to_received_ms", "request_to_accepted_ms"):
         stats = e[name]
         lines.append(f"{name.replace('_ms', '') + ' p50/p99/p99.9 ms':<46}"
@@ -377,10 +389,13 @@ def plot(results: dict, path: Path) -> None:
              color=["#999", "#999", "#2a7"])
     left.set_title(f"append, events/s (fsync always): ratio {results['append_ratio']}")
     sizes = [int(s) for s in results["child_history_ms"]]
-    for quantile, style in (("p50", "o-"), ("p99", "s--")):
-        middle.plot(sizes, [results["child_history_ms"][str(s)][quantile] for s in sizes], style, label=quantile)
+    for sample, quantile, style in (("uniform", "p50", "o-"), ("uniform", "p99", "s-"),
+                                    ("activity_weighted", "p99", "s--")):
+        middle.plot(sizes, [results["child_history_ms"][str(s)][sample][quantile] for s in sizes], style,
+                    label=f"{quantile} {sample.replace('_', ' ')}")
     middle.axhline(5, color="red", linewidth=0.8, label="p99 target")
     middle.set_xscale("log")
+    middle.set_yscale("log")
     middle.set_xlabel("events in the log")
     middle.set_ylabel("ms")
     middle.set_title("one child's history")

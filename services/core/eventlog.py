@@ -14,6 +14,7 @@ from datetime import datetime
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
@@ -170,25 +171,38 @@ class EventLog:
                 return missing
             await asyncio.sleep(0.1)
 
-    async def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        """Every event of the log in order, from `from_seq` to the end as it is now."""
-        info = await self.js.stream_info(subjects.STREAM)
-        end = info.state.last_seq
+    async def replay(self, from_seq: int = 1, chunk: int = 512) -> AsyncIterator[StoredEvent]:
+        """Every event of the log in order, from `from_seq` to the end as it is now. An ordered
+        consumer with a callback (several times faster than iterating a subscription) hands
+        decoded events over in chunks; a bounded queue keeps a slow reader from piling them up."""
+        end = (await self.js.stream_info(subjects.STREAM)).state.last_seq
         if end < from_seq:
             return
+        chunks: asyncio.Queue[list[StoredEvent]] = asyncio.Queue(maxsize=64)
+        pending: list[StoredEvent] = []
+
+        async def on_message(msg: Msg) -> None:
+            metadata = msg.metadata
+            seq = metadata.sequence.stream
+            pending.append(_decoded(seq, metadata.timestamp, msg.data))
+            if len(pending) >= chunk or seq >= end:
+                await chunks.put(pending.copy())
+                pending.clear()
+
         sub = await self.js.subscribe(
             subjects.LOG_SUBJECTS,
+            cb=on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             config=ConsumerConfig(opt_start_seq=from_seq),
-            pending_msgs_limit=65536,
+            pending_msgs_limit=200_000,
         )
         try:
             while True:
-                msg = await sub.next_msg(timeout=self.timeout)
-                seq = msg.metadata.sequence.stream
-                yield _decoded(seq, msg.metadata.timestamp, msg.data)
-                if seq >= end:
+                batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
+                for stored in batch:
+                    yield stored
+                if batch[-1].seq >= end:
                     return
         finally:
             await sub.unsubscribe()

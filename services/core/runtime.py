@@ -36,15 +36,15 @@ async def connect(url: str, name: str = "refbus") -> NATS:
 
 
 @asynccontextmanager
-async def open_bus(settings: Settings, name: str = "refbus", embedded_port: int | None = None) -> AsyncIterator[Bus]:
+async def open_bus(settings: Settings, name: str = "refbus") -> AsyncIterator[Bus]:
     """Connect to `settings.nats_url`; else to the default local server if one runs; else start the
     embedded server on the data dir for as long as the block runs. Streams are provisioned."""
     server: EmbeddedNats | None = None
     url = settings.nats_url
-    if url is None and embedded_port is None and _reachable(DEFAULT_NATS_URL):
+    if url is None and _reachable(DEFAULT_NATS_URL):
         url = DEFAULT_NATS_URL
     if url is None:
-        server = await EmbeddedNats(settings.data_dir / "nats", port=embedded_port or 4222).astart()
+        server = await EmbeddedNats(settings.data_dir / "nats", port=4222).astart()
         url = server.url
     nc = await connect(url, name)
     try:
