@@ -8,6 +8,7 @@ concurrent writer is detected instead of overwritten.
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
+from refbus.services.core.batches import Message, publish_batch
 from refbus.services.referral import lifecycle
 from refbus.services.referral.state import ChildState, apply
 
@@ -34,13 +36,18 @@ HISTORY_PAGE = 512
 class ConcurrencyConflict(Exception):
     """Another write reached the child first; re-read its history and decide again."""
 
-    def __init__(self, child: str, expected: int, detail: str) -> None:
+    def __init__(self, child: str, expected: int, detail: str, actual: int = 0) -> None:
         super().__init__(f"child {child}: expected last sequence {expected}, server says {detail}")
         self.child = child
         self.expected = expected
-        # "wrong last sequence: N" names the child's actual last sequence: wait for the index to have it.
-        tail = detail.rsplit(":", 1)[-1].strip()
-        self.actual = int(tail) if tail.isdigit() else 0
+        self.actual = actual
+        "The child's last sequence when the server names it (0 when unknown): the re-read waits for it."
+
+
+def _named_sequence(description: str) -> int:
+    """The N of the server's "wrong last sequence: N"."""
+    tail = description.rsplit(":", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else 0
 
 
 class LogFull(Exception):
@@ -75,6 +82,34 @@ def headers_for(event: Event, expected_last_seq: int) -> dict[str, str]:
 
 
 Decide = Callable[[ChildState], Sequence[Event]]
+MAX_BATCH = 500
+DUPLICATE_IN_BATCH = 10201
+
+
+@dataclass(slots=True)
+class _Pending:
+    child: str
+    expected: int
+    message: Message
+    done: "asyncio.Future[int]"
+
+
+def _refusal(pending: _Pending, code: object, detail: str, alone: bool) -> BaseException:
+    if code in STREAM_FULL:
+        return LogFull(detail)
+    if code in WRONG_LAST_SEQUENCE or code == DUPLICATE_IN_BATCH:
+        # Refused with its batch, the sequence the server names is the culprit's, not this child's.
+        actual = _named_sequence(detail) if alone else 0
+        return ConcurrencyConflict(pending.child, pending.expected, detail, actual)
+    return RuntimeError(f"append refused ({code}): {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class Transacted:
+    stored: list[int]
+    "Sequences of the events this call stored."
+    state: ChildState
+    "The child after them: current as far as this writer knows."
 
 
 class EventLog:
@@ -82,6 +117,8 @@ class EventLog:
         self.nc = nc
         self.js = js or nc.jetstream(timeout=timeout)
         self.timeout = timeout
+        self._queue: deque[_Pending] = deque()
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -90,26 +127,76 @@ class EventLog:
 
         No lifecycle check here: use `record` or `transact`, which check against the state at
         exactly that sequence. Returns the event's stream sequence.
+
+        Group commit: appends made while a publish is in flight wait and go together as one atomic
+        batch (one fsync, one PubAck), at most one per child. If the server refuses the batch (one
+        stale child, a duplicate id), every append in it gets ConcurrencyConflict and its caller
+        re-reads and decides again, as after a refusal of its own.
         """
         subject = subjects.event_subject(event.child, event.from_sector, event.to_sector)
+        pending = _Pending(
+            event.child,
+            expected_last_seq,
+            (subject, codec.encode(event), headers_for(event, expected_last_seq)),
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await pending.done
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch: list[_Pending] = []
+            later: list[_Pending] = []
+            children: set[str] = set()
+            while self._queue and len(batch) < MAX_BATCH:
+                pending = self._queue.popleft()
+                (later if pending.child in children else batch).append(pending)
+                children.add(pending.child)
+            self._queue.extendleft(reversed(later))
+            try:
+                if len(batch) == 1:
+                    outcome: list[int | BaseException] = [await self._publish_one(batch[0])]
+                else:
+                    outcome = await self._publish_many(batch)
+            except Exception as exc:  # no answer (timeout, connection): the outcome is unknown
+                outcome = [exc] * len(batch)
+            for pending, result in zip(batch, outcome, strict=True):
+                if pending.done.done():
+                    continue
+                if isinstance(result, BaseException):
+                    pending.done.set_exception(result)
+                else:
+                    pending.done.set_result(result)
+
+    async def _publish_one(self, pending: _Pending) -> int | BaseException:
+        subject, payload, headers = pending.message
         try:
-            ack = await self.js.publish(
-                subject, codec.encode(event), timeout=self.timeout, headers=headers_for(event, expected_last_seq)
-            )
+            ack = await self.js.publish(subject, payload, timeout=self.timeout, headers=headers)
         except APIError as exc:
-            if exc.err_code in WRONG_LAST_SEQUENCE:
-                raise ConcurrencyConflict(event.child, expected_last_seq, exc.description or "") from None
-            if exc.err_code in STREAM_FULL:
-                raise LogFull(exc.description) from None
-            raise
+            return _refusal(pending, exc.err_code, exc.description or "", alone=True)
         return ack.seq
 
-    async def transact(self, child: str, decide: Decide, *, min_seq: int = 0, attempts: int = 10) -> list[int]:
-        """Load the child, let `decide` return new events, check and append them; on a conflict,
-        reload and decide again. Events already in the log are skipped (idempotent retries).
-        Returns the sequences of the events stored by this call."""
+    async def _publish_many(self, batch: list[_Pending]) -> list[int | BaseException]:
+        ack = await publish_batch(self.nc, [p.message for p in batch], self.timeout)
+        error = ack.get("error")
+        if isinstance(error, dict):
+            detail = f"batch of {len(batch)} refused: {error.get('description', '')}"
+            return [_refusal(p, error.get("err_code"), detail, alone=False) for p in batch]
+        first = int(ack["seq"]) - int(ack.get("count", len(batch))) + 1  # type: ignore[call-overload]
+        return [first + offset for offset in range(len(batch))]
+
+    async def transact(
+        self, child: str, decide: Decide, *, min_seq: int = 0, state: ChildState | None = None, attempts: int = 10
+    ) -> "Transacted":
+        """Let `decide` turn the child's current state into new events, check and append them; on a
+        conflict, re-read the child and decide again. Events already in the log are skipped
+        (idempotent retries). `state`: the caller's current view of the child, used for the first
+        attempt instead of a read (a stale one only costs a conflict and a re-read)."""
         for attempt in range(attempts):
-            state = await self.load(child, min_seq=min_seq)
+            if state is None:
+                state = await self.load(child, min_seq=min_seq)
             stored: list[int] = []
             try:
                 for event in decide(state):
@@ -119,17 +206,18 @@ class EventLog:
                     seq = await self.append(event, state.last_seq)
                     apply(state, event, seq)
                     stored.append(seq)
-                return stored
+                return Transacted(stored, state)
             except ConcurrencyConflict as conflict:
-                # Appends made before the conflict are stored, legal, and will be in the reload.
+                # Appends made before the conflict are stored, legal, and will be in the re-read.
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
                 min_seq = max(min_seq, conflict.actual)
+                state = None
                 await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
     async def record(self, event: Event) -> int | None:
         """Check and store one event. Returns its sequence, or None if it was already stored."""
-        stored = await self.transact(event.child, lambda _state: [event])
+        stored = (await self.transact(event.child, lambda _state: [event])).stored
         return stored[0] if stored else None
 
     # -- reading ------------------------------------------------------------------------------
@@ -243,17 +331,13 @@ class EventLog:
         found: list[StoredEvent] = []
         start = 1
         while True:
-            page, pending, last_index_seq = await self._direct_get_batch(
-                subjects.CHILD_INDEX_STREAM, subject, start
-            )
+            page, pending, last_index_seq = await self._direct_get_batch(subjects.CHILD_INDEX_STREAM, subject, start)
             found.extend(page)
             if not page or pending == 0:
                 return found
             start = last_index_seq + 1
 
-    async def _direct_get_batch(
-        self, stream: str, subject: str, start: int
-    ) -> tuple[list[StoredEvent], int, int]:
+    async def _direct_get_batch(self, stream: str, subject: str, start: int) -> tuple[list[StoredEvent], int, int]:
         """One batched direct get (server 2.11+): messages on `subject` from `start`, in one round
         trip. nats-py has no helper for it, so this speaks the JetStream API by hand.
         Returns the page, how many more match, and the index sequence of the page's last message."""

@@ -12,8 +12,6 @@ PubAck per batch, with every guarantee of a single append kept.
 """
 
 import asyncio
-import json
-import uuid
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,14 +22,21 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event
-from refbus.services.core.eventlog import STREAM_FULL, WRONG_LAST_SEQUENCE, EventLog, LogFull, headers_for
+from refbus.services.core.batches import publish_batch
+from refbus.services.core.eventlog import (
+    DUPLICATE_IN_BATCH,
+    MAX_BATCH,
+    STREAM_FULL,
+    WRONG_LAST_SEQUENCE,
+    EventLog,
+    LogFull,
+    headers_for,
+)
 from refbus.services.referral import lifecycle
 from refbus.services.referral.state import ChildState, apply
 
 log = structlog.get_logger(__name__)
 
-DUPLICATE_IN_BATCH = 10201
-MAX_BATCH = 500
 LOAD_CONCURRENCY = 256
 
 
@@ -141,24 +146,12 @@ class GroupCommitWriter:
 
     async def _commit(self, batch: list[tuple[Event, dict[str, str]]], report: WriteReport) -> "Outcome":
         """Publish one atomic batch: stored, or refused as a whole."""
-        nc = self.eventlog.nc
-        batch_id = uuid.uuid4().hex
+        messages = [(subjects.event_subject(e.child, e.from_sector, e.to_sector), codec.encode(e), h) for e, h in batch]
         last = len(batch)
-        reply = None
-        for number, (event, event_headers) in enumerate(batch, 1):
-            event_headers["Nats-Batch-Id"] = batch_id
-            event_headers["Nats-Batch-Sequence"] = str(number)
-            subject = subjects.event_subject(event.child, event.from_sector, event.to_sector)
-            if number < last:
-                await nc.publish(subject, codec.encode(event), headers=event_headers)
-                continue
-            event_headers["Nats-Batch-Commit"] = "1"
-            try:
-                reply = await nc.request(subject, codec.encode(event), timeout=self.timeout, headers=event_headers)
-            except NatsTimeout:
-                return Outcome.RETRY  # unknown outcome: re-reading the children tells what was stored
-        assert reply is not None
-        ack = json.loads(reply.data)
+        try:
+            ack = await publish_batch(self.eventlog.nc, messages, self.timeout)
+        except NatsTimeout:
+            return Outcome.RETRY  # unknown outcome: re-reading the children tells what was stored
         error = ack.get("error")
         if error is None:
             first_seq = ack["seq"] - ack.get("count", last) + 1

@@ -156,9 +156,8 @@ class SectorService:
                 return [receipt(referral, request.child, self.clock(), request.event_id)]
             return []
 
-        await self.eventlog.transact(request.child, receive, min_seq=seq)
+        state = (await self.eventlog.transact(request.child, receive, min_seq=seq)).state
         while True:
-            state = await self.eventlog.load(request.child)
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)
             if step is None:
@@ -177,7 +176,7 @@ class SectorService:
                 now, cause = self.clock(), request.event_id
                 return [step_event(planned, fresh.referrals[rid], request.child, self.sector, now, cause)]
 
-            await self.eventlog.transact(request.child, decide)
+            state = (await self.eventlog.transact(request.child, decide, state=state)).state
 
     async def send_onward(self, request: ReferralRequested, state: ChildState) -> None:
         referral = state.referrals[request.referral_id]
@@ -188,7 +187,7 @@ class SectorService:
             for i, o in enumerate(onward)
         ]
         if events:
-            await self.eventlog.transact(request.child, lambda _fresh: events)
+            await self.eventlog.transact(request.child, lambda _fresh: events, state=state)
             log.info("referred_onward", to=[e.to_sector.value for e in events if e.to_sector])
 
     async def set_aside(self, subject: str, seq: int, body: bytes, reason: str) -> None:

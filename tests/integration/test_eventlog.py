@@ -15,7 +15,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import CancelReason, Outcome, RejectReason, Sector, Status
 from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
 from refbus.services.referral.lifecycle import IllegalEvent
-from tests.factories import answer, request
+from tests.factories import answer, new_child, request
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +128,17 @@ async def test_illegal_transitions_are_refused_and_never_stored(
     with pytest.raises(IllegalEvent):
         await eventlog.record(answer(illegal, req, **fields))
     assert await eventlog.history(child) == before
+
+
+async def test_concurrent_appends_are_group_committed_and_each_stored_once(eventlog: EventLog) -> None:
+    """Appends made while a publish is in flight go out together as one atomic batch; a stale one
+    in the batch makes the whole batch refused, and every transact retries on its own."""
+    requests = [request(new_child()) for _ in range(200)]
+    stale = request(requests[0].child)  # same child as the first: must wait for the next batch
+    results = await asyncio.gather(*(eventlog.record(r) for r in [*requests, stale]))
+    assert all(isinstance(seq, int) for seq in results)
+    assert len(set(results)) == len(results)
+    for req in requests[:20]:
+        assert next(h.event for h in await eventlog.history(req.child) if h.event is not None) == req
+    with pytest.raises(ConcurrencyConflict):
+        await eventlog.append(request(requests[1].child), expected_last_seq=0)

@@ -162,13 +162,12 @@ async def test_a_handler_crashing_after_its_append_is_redelivered_without_a_dupl
         crashes = []
 
         async def crash_once_after_accepting(child_ref, decide, **kw):
-            stored = await real_transact(child_ref, decide, **kw)
-            if stored and not crashes and (await eventlog.load(child_ref)).referrals:
-                state = await eventlog.load(child_ref)
-                if any(r.status is Status.ACCEPTED for r in state.referrals.values()):
-                    crashes.append(stored)
-                    raise ConnectionError("simulated crash between append and ack")
-            return stored
+            result = await real_transact(child_ref, decide, **kw)
+            accepted = any(r.status is Status.ACCEPTED for r in result.state.referrals.values())
+            if result.stored and not crashes and accepted:
+                crashes.append(result.stored)
+                raise ConnectionError("simulated crash between append and ack")
+            return result
 
         service.eventlog.transact = crash_once_after_accepting
         req = request(child)
