@@ -42,6 +42,10 @@ log = structlog.get_logger(__name__)
 
 # Deliveries include the scheduled returns of a referral in work (about five): bounded all the same.
 MAX_DELIVER = 20
+# A referral whose next step is due later goes back to the server (nak with that delay) and holds an
+# ack-pending slot until it is closed: the limit bounds the referrals one sector has in work at once.
+MAX_ACK_PENDING = 20_000
+INLINE_WAIT = 0.05
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -64,7 +68,7 @@ def inbox_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
         ack_policy=JsAckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_deliver=MAX_DELIVER,
-        max_ack_pending=256,
+        max_ack_pending=MAX_ACK_PENDING,
     )
 
 
@@ -166,8 +170,10 @@ class SectorService:
                 return None
             assert referral.updated_at is not None
             wait = (referral.updated_at - self.clock()).total_seconds() + step.delay
-            if wait > 0:
+            if wait > INLINE_WAIT:
                 return wait
+            if wait > 0:  # a moment: cheaper to wait here than to send the message round the server
+                await asyncio.sleep(wait)
 
             def decide(fresh: ChildState, planned: Step = step, seen: Status = referral.status) -> list[ReferralEvent]:
                 # Re-check against the state at append time: a cancel may have come meanwhile.
