@@ -193,10 +193,13 @@ class EventLog:
         """Let `decide` turn the child's current state into new events, check and append them; on a
         conflict, re-read the child and decide again. Events already in the log are skipped
         (idempotent retries). `state`: the caller's current view of the child, used for the first
-        attempt instead of a read (a stale one only costs a conflict and a re-read)."""
+        attempt instead of a read (a stale one only costs a conflict and a re-read). `min_seq`: a
+        sequence of this child known to be stored (the message being handled)."""
         for attempt in range(attempts):
             if state is None:
-                state = await self.load(child, min_seq=min_seq)
+                # A known sequence to wait for spares the leader round trip: if the child has moved
+                # on since, the server's sequence check says so and the next attempt reads again.
+                state = await self.load(child, min_seq=min_seq, fresh=min_seq == 0)
             stored: list[int] = []
             try:
                 for event in decide(state):
@@ -210,7 +213,7 @@ class EventLog:
             except ConcurrencyConflict as conflict:
                 # Appends made before the conflict are stored, legal, and will be in the re-read.
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
-                min_seq = max(min_seq, conflict.actual)
+                min_seq = conflict.actual if conflict.actual > min_seq else 0
                 state = None
                 await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")

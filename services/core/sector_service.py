@@ -228,7 +228,7 @@ def _faststream_logger() -> logging.Logger:
     return logger
 
 
-def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 16) -> FastStream:
+def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 64) -> FastStream:
     """The composition root of one sector's service."""
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
