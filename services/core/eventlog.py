@@ -199,7 +199,7 @@ class EventLog:
             if state is None:
                 # A known sequence to wait for spares the leader round trip: if the child has moved
                 # on since, the server's sequence check says so and the next attempt reads again.
-                state = await self.load(child, min_seq=min_seq, fresh=min_seq == 0)
+                state = await self.load(child, min_seq=min_seq)
             stored: list[int] = []
             try:
                 for event in decide(state):
@@ -213,7 +213,7 @@ class EventLog:
             except ConcurrencyConflict as conflict:
                 # Appends made before the conflict are stored, legal, and will be in the re-read.
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
-                min_seq = conflict.actual if conflict.actual > min_seq else 0
+                min_seq = max(min_seq, conflict.actual)
                 state = None
                 await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
