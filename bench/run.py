@@ -197,10 +197,11 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
 
 async def end_to_end(workdir: Path) -> dict[str, object]:
     server = EmbeddedNats(workdir / "e2e").start()
-    nc = await connect(server.url, "bench-e2e")
-    await streams.provision(nc.jetstream())
-    services = start_services(server.url)
+    services: dict[Sector, subprocess.Popen[bytes]] = {}
     try:
+        nc = await connect(server.url, "bench-e2e")
+        await streams.provision(nc.jetstream())
+        services = start_services(server.url)
         await asyncio.sleep(3)  # let each service connect and bind its inbox
         eventlog = EventLog(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
@@ -236,13 +237,13 @@ async def end_to_end(workdir: Path) -> dict[str, object]:
                 delay = (stored.stored_at - requested[event.referral_id]).total_seconds()
                 (received if isinstance(event, ReferralReceived) else accepted).append(delay)
         memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
+        await nc.close()
     finally:
         for process in services.values():
             process.terminate()
         for process in services.values():
             process.wait(10)
-        await nc.close()
-        server.stop()
+        server.stop()  # also when a measurement fails: no orphaned processes
     return {
         "offered_referrals_per_s": round(offered, 1),
         "referrals": total,
@@ -273,16 +274,10 @@ def environment(server_version: str) -> dict[str, object]:
     }
 
 
-async def run(workdir: Path) -> dict[str, object]:
-    print("generating the pilot registry (550,000 events) and the rest of a 1,000,000-event log ...", flush=True)
-    pilot = pilot_events(seed=1)
-    fill = pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - APPEND_EVENTS)
-    appended = pilot_events(seed=3, total=APPEND_EVENTS)
-    pilot_file, fill_file = workdir / "pilot.jsonl", workdir / "fill.jsonl"
-    write_jsonl(pilot, pilot_file)
-    write_jsonl(fill, fill_file)
-
-    server = EmbeddedNats(workdir / "nats").start()
+async def measure_log(
+    server: EmbeddedNats, pilot: list[Event], pilot_file: Path, fill_file: Path, appended: list[Event]
+) -> dict[str, object]:
+    """Ingest, append, history and replay figures, on one server with the log growing to 1M events."""
     nc = await connect(server.url, "bench")
     js = nc.jetstream()
     await streams.provision(js)
@@ -337,7 +332,23 @@ async def run(workdir: Path) -> dict[str, object]:
     results["replay_events_per_s"] = {"raw_ordered_consumer": round(raw_rate), "refbus": round(our_rate)}
     results["replay_ratio"] = round(our_rate / raw_rate, 3)
     await nc.close()
-    server.stop()
+    return results
+
+
+async def run(workdir: Path) -> dict[str, object]:
+    print("generating the pilot registry (550,000 events) and the rest of a 1,000,000-event log ...", flush=True)
+    pilot = pilot_events(seed=1)
+    fill = pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - APPEND_EVENTS)
+    appended = pilot_events(seed=3, total=APPEND_EVENTS)
+    pilot_file, fill_file = workdir / "pilot.jsonl", workdir / "fill.jsonl"
+    write_jsonl(pilot, pilot_file)
+    write_jsonl(fill, fill_file)
+
+    server = EmbeddedNats(workdir / "nats").start()
+    try:
+        results = await measure_log(server, pilot, pilot_file, fill_file, appended)
+    finally:
+        server.stop()  # also when a measurement fails: no orphaned nats-server
 
     print(f"end to end: {LATENCY_RATE} referrals/s for {LATENCY_SECONDS} s through the four services ...", flush=True)
     e2e = await end_to_end(workdir)
