@@ -25,3 +25,8 @@ async def publish_batch(nc: NATS, messages: list[Message], wait: float) -> dict[
     headers["Nats-Batch-Commit"] = "1"
     reply = await nc.request(subject, payload, timeout=wait, headers=headers)
     return json.loads(reply.data)
+
+
+def first_sequence(ack: dict[str, object], size: int) -> int:
+    """The stream sequence of a stored batch's first message (the PubAck names the last)."""
+    return int(ack["seq"]) - int(ack.get("count", size)) + 1  # type: ignore[call-overload]

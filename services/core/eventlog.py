@@ -22,7 +22,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
-from refbus.services.core.batches import Message, publish_batch
+from refbus.services.core.batches import Message, first_sequence, publish_batch
 from refbus.services.referral import lifecycle
 from refbus.services.referral.state import ChildState, apply
 
@@ -69,16 +69,20 @@ class StoredEvent:
     "Why the stored bytes could not be decoded (written by a foreign or broken publisher)."
 
 
-def headers_for(event: Event, expected_last_seq: int) -> dict[str, str]:
-    return {
+def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
+    """The headers of an append. `expected_last_seq=None` omits the per-child check: only for an
+    event riding in an atomic batch behind an earlier event of the same child that carries it."""
+    headers = {
         "Nats-Msg-Id": str(event.event_id),
-        "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-        "Nats-Expected-Last-Subject-Sequence-Subject": subjects.child_filter(event.child),
         # What operators may see without reading the payload (no personal data in headers).
         "Refbus-Event-Type": event_type(event),
         "Refbus-Schema-Version": str(event.schema_version),
         "Refbus-Correlation-Id": str(event.correlation_id),
     }
+    if expected_last_seq is not None:
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
+        headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subjects.child_filter(event.child)
+    return headers
 
 
 Decide = Callable[[ChildState], Sequence[Event]]
@@ -184,7 +188,7 @@ class EventLog:
         if isinstance(error, dict):
             detail = f"batch of {len(batch)} refused: {error.get('description', '')}"
             return [_refusal(p, error.get("err_code"), detail, alone=False) for p in batch]
-        first = int(ack["seq"]) - int(ack.get("count", len(batch))) + 1  # type: ignore[call-overload]
+        first = first_sequence(ack, len(batch))
         return [first + offset for offset in range(len(batch))]
 
     async def transact(

@@ -22,7 +22,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event
-from refbus.services.core.batches import publish_batch
+from refbus.services.core.batches import first_sequence, publish_batch
 from refbus.services.core.eventlog import (
     DUPLICATE_IN_BATCH,
     MAX_BATCH,
@@ -131,10 +131,8 @@ class GroupCommitWriter:
                 except lifecycle.IllegalEvent as refused:
                     report.refused.append(refused)
                     continue
-                event_headers = headers_for(event, state.last_seq)
-                if not first_of_child:  # the server checks against the pre-batch stream only
-                    del event_headers["Nats-Expected-Last-Subject-Sequence"]
-                    del event_headers["Nats-Expected-Last-Subject-Sequence-Subject"]
+                # The server checks expected sequences against the stream before the batch only.
+                event_headers = headers_for(event, state.last_seq if first_of_child else None)
                 first_of_child = False
                 apply(state, event)
                 batch.append((event, event_headers))
@@ -154,7 +152,7 @@ class GroupCommitWriter:
             return Outcome.RETRY  # unknown outcome: re-reading the children tells what was stored
         error = ack.get("error")
         if error is None:
-            first_seq = ack["seq"] - ack.get("count", last) + 1
+            first_seq = first_sequence(ack, last)
             for offset, (event, _) in enumerate(batch):
                 state = self._states[event.child]
                 state.last_seq = max(state.last_seq, first_seq + offset)

@@ -119,19 +119,10 @@ class EmbeddedNats:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     async def astart(self) -> "EmbeddedNats":
         return await asyncio.to_thread(self.start)
 
     async def astop(self) -> None:
         await asyncio.to_thread(self.stop)
 
-    def __enter__(self) -> "EmbeddedNats":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
