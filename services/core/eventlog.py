@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error codes
 STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exceeded"
 HISTORY_PAGE = 512
+_MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
 
 
 class ConcurrencyConflict(Exception):
@@ -121,6 +122,7 @@ class EventLog:
         self.nc = nc
         self.js = js or nc.jetstream(timeout=timeout)
         self.timeout = timeout
+        self._replies = _MultiReplies(nc)
         self._queue: deque[_Pending] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -231,12 +233,17 @@ class EventLog:
 
     async def last_seq(self, child: str) -> int:
         """The sequence of the child's newest event in REFBUS (0 if none), read from the stream
-        leader, so it includes every acknowledged write (a direct get might lag on a replica)."""
-        try:
-            msg = await self.js.get_msg(subjects.STREAM, subject=subjects.child_filter(child))
-        except NotFoundError:
+        leader, so it includes every acknowledged write (a direct get might lag on a replica).
+        Spoken by hand: only the sequence is wanted, and nats-py's get_msg parses the message's
+        headers with the email parser."""
+        request = json.dumps({"last_by_subj": subjects.child_filter(child)}).encode()
+        reply = json.loads((await self.nc.request(_MSG_GET, request, self.timeout)).data)
+        error = reply.get("error")
+        if error is None:
+            return int(reply["message"]["seq"])
+        if error.get("code") == 404:
             return 0
-        return msg.seq or 0
+        raise RuntimeError(f"last sequence of {child}: {error}")
 
     async def children(self) -> dict[str, int]:
         """Every child reference in the log, with its number of events (from the index's subject
@@ -349,26 +356,64 @@ class EventLog:
         trip. nats-py has no helper for it, so this speaks the JetStream API by hand.
         Returns the page, how many more match, and the index sequence of the page's last message."""
         request = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
-        last_index_seq = start
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        page: list[StoredEvent] = []
+        page = await self._replies.ask(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), self.timeout)
+        found = [_stored(msg.data, msg.headers or {}) for msg in page.messages]
+        last_index_seq = int(page.messages[-1].headers["Nats-Sequence"]) if page.messages else start  # type: ignore[index]
+        return found, page.pending, last_index_seq
+
+
+@dataclass(slots=True)
+class _Page:
+    messages: list[Msg]
+    done: "asyncio.Future[None]"
+    pending: int = 0
+
+
+class _MultiReplies:
+    """Requests answered by several messages and an end marker (a batched direct get), over one
+    wildcard subscription for the whole connection: no subscribe/unsubscribe per request and no
+    wait per message."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self._prefix = ""
+        self._open: dict[str, _Page] = {}
+        self._subscribing = asyncio.Lock()
+        self._count = 0
+
+    async def ask(self, subject: str, payload: bytes, wait: float) -> _Page:
+        if not self._prefix:
+            async with self._subscribing:
+                if not self._prefix:
+                    prefix = self.nc.new_inbox()
+                    await self.nc.subscribe(f"{prefix}.*", cb=self._on_reply)
+                    self._prefix = prefix
+        self._count += 1
+        token = str(self._count)
+        page = _Page([], asyncio.get_running_loop().create_future())
+        self._open[token] = page
         try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
-            while True:
-                msg = await sub.next_msg(timeout=self.timeout)
-                headers = msg.headers or {}
-                status = headers.get("Status")
-                if status == "404":
-                    return page, 0, last_index_seq
-                if status == "204":  # end of batch
-                    return page, int(headers.get("Nats-Num-Pending", 0)), last_index_seq
-                if status:
-                    raise RuntimeError(f"direct get on {stream}: {status} {headers.get('Description')}")
-                page.append(_stored(msg.data, headers))
-                last_index_seq = int(headers["Nats-Sequence"])
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}")
+            await asyncio.wait_for(page.done, wait)
         finally:
-            await sub.unsubscribe()
+            del self._open[token]
+        return page
+
+    async def _on_reply(self, msg: Msg) -> None:
+        page = self._open.get(msg.subject.rpartition(".")[2])
+        if page is None or page.done.done():
+            return  # the asker gave up (timeout)
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status is None:
+            page.messages.append(msg)
+        elif status == "204":  # end of batch
+            page.pending = int(headers.get("Nats-Num-Pending", 0))
+            page.done.set_result(None)
+        elif status == "404":  # nothing (more) on the subject
+            page.done.set_result(None)
+        else:
+            page.done.set_exception(RuntimeError(f"direct get: {status} {headers.get('Description')}"))
 
 
 def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:

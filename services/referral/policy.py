@@ -8,9 +8,10 @@ log, a redelivered message continues where the work stopped instead of starting 
 per referral (seeded by its id), so a retry takes the same decisions.
 """
 
-import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from hashlib import blake2b
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from refbus.contracts.events import (
@@ -34,6 +35,8 @@ from refbus.contracts.vocabulary import (
     Urgency,
 )
 from refbus.services.referral.state import ChildState, Referral
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,18 @@ class SimulatedSector:
     def profile(self, service: str) -> ServiceProfile:
         return self.profiles.get(service, ServiceProfile())
 
-    def _rng(self, referral_id: UUID, purpose: str) -> random.Random:
-        return random.Random(f"{self.seed}:{referral_id}:{purpose}")
+    def _draw(self, referral_id: UUID, purpose: str) -> float:
+        """A number in [0, 1) fixed by the seed, the referral and the purpose, so a retry decides
+        the same. A hash, not a seeded Random: seeding one costs more than the rest of a step."""
+        key = f"{self.seed}:{purpose}".encode()
+        digest = blake2b(referral_id.bytes, digest_size=8, key=key).digest()
+        return int.from_bytes(digest) / 2**64
+
+    def _pick(self, options: Sequence[T], referral_id: UUID, purpose: str) -> T:
+        return options[int(self._draw(referral_id, purpose) * len(options))]
 
     def _delay(self, base: float, referral_id: UUID, purpose: str) -> float:
-        return base * self._rng(referral_id, purpose).uniform(0.5, 1.5) / self.speed
+        return base * (0.5 + self._draw(referral_id, purpose)) / self.speed
 
     async def next_step(self, referral: Referral, child: ChildState) -> Step | None:
         p = self.profile(referral.service)
@@ -101,22 +111,22 @@ class SimulatedSector:
         match referral.status:
             case Status.REQUESTED:
                 delay = self._delay(p.decision_delay, rid, "decide")
-                if self._rng(rid, "reject").random() < p.reject_rate:
-                    reason = self._rng(rid, "reason").choice(list(RejectReason))
+                if self._draw(rid, "reject") < p.reject_rate:
+                    reason = self._pick(list(RejectReason), rid, "reason")
                     return Step(ReferralRejected, {"reason": reason}, delay)
                 return Step(ReferralAccepted, {}, delay)
             case Status.ACCEPTED:
                 return Step(ReferralInProgress, {}, self._delay(p.work_delay / 4, rid, "start"))
             case Status.IN_PROGRESS:
                 held = referral.steps.get("referral.on-hold", 0)
-                if not held and self._rng(rid, "hold").random() < p.hold_rate:
-                    reason = self._rng(rid, "hold-reason").choice(list(HoldReason))
+                if not held and self._draw(rid, "hold") < p.hold_rate:
+                    reason = self._pick(list(HoldReason), rid, "hold-reason")
                     return Step(ReferralOnHold, {"reason": reason}, self._delay(p.work_delay / 2, rid, "hold"))
                 delay = self._delay(p.work_delay, rid, "work")
-                if self._rng(rid, "complete").random() < p.complete_rate:
-                    outcome = self._rng(rid, "outcome").choice(list(Outcome))
+                if self._draw(rid, "complete") < p.complete_rate:
+                    outcome = self._pick(list(Outcome), rid, "outcome")
                     return Step(ReferralCompleted, {"outcome": outcome}, delay)
-                reason = self._rng(rid, "fail").choice(list(FailReason))
+                reason = self._pick(list(FailReason), rid, "fail")
                 return Step(ReferralFailed, {"reason": reason}, delay)
             case Status.ON_HOLD:
                 return Step(ReferralInProgress, {}, self._delay(p.work_delay / 2, rid, "resume"))
@@ -124,9 +134,9 @@ class SimulatedSector:
 
     async def onward(self, referral: Referral, child: ChildState) -> list[OnwardReferral]:
         p = self.profile(referral.service)
-        if not p.onward or self._rng(referral.referral_id, "onward").random() >= p.onward_rate:
+        if not p.onward or self._draw(referral.referral_id, "onward") >= p.onward_rate:
             return []
-        pick = self._rng(referral.referral_id, "onward-pick").choice(p.onward)
+        pick = self._pick(p.onward, referral.referral_id, "onward-pick")
         if pick.service not in SERVICE_CATALOGUE[pick.to_sector]:
             raise ValueError(f"profile of {self.sector.value}: {pick.to_sector.value} has no {pick.service}")
         return [pick]
