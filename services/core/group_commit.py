@@ -38,6 +38,7 @@ from refbus.services.referral.state import ChildState, apply
 log = structlog.get_logger(__name__)
 
 LOAD_CONCURRENCY = 256
+PIPELINE = 2
 
 
 class Outcome(Enum):
@@ -84,40 +85,68 @@ class GroupCommitWriter:
         queues: dict[str, deque[Event]] = {}
         for event in events:
             queues.setdefault(event.child, deque()).append(event)
+        # Two batches in flight over disjoint children: the next one is built and sent while the
+        # server stores and fsyncs the previous one. A child is in one batch at a time, so its
+        # expected sequence is always known when its batch is built.
+        in_flight: dict[asyncio.Task[Outcome], list[tuple[Event, dict[str, str]]]] = {}
+        busy: set[str] = set()
+        unknown = list(queues)
+        "Children whose state this writer has yet to read: all at first, then those of refused batches."
         refusals_in_a_row = 0
-        while queues:
-            await self._load_missing(list(queues))
-            # After repeated refusals, go one event at a time to isolate the culprit.
-            size = self.batch_size if refusals_in_a_row < 3 else 1
-            batch = self._next_batch(queues, report, size)
-            if not batch:
-                continue
-            children = {event.child for event, _ in batch}
-            outcome = await self._commit(batch, report)
-            if outcome is Outcome.STORED:
-                refusals_in_a_row = 0
-                continue
-            if outcome is Outcome.ID_TAKEN and len(batch) == 1:
-                # Not in its child's history, yet the server knows the id: another event has it.
-                report.refused.append(lifecycle.IllegalEvent(batch[0][0], "event id already used by another event"))
-                self._states.pop(batch[0][0].child, None)
-                refusals_in_a_row = 0
-                continue
-            # Refused as a whole: forget what we believed about its children, decide them again.
-            refusals_in_a_row += 1
-            report.retried_batches += 1
-            for child in children:
-                self._states.pop(child, None)
-            for event, _ in reversed(batch):
-                queues.setdefault(event.child, deque()).appendleft(event)
+        try:
+            while queues or in_flight:
+                # After repeated refusals, go one event at a time, alone, to isolate the culprit.
+                isolating = refusals_in_a_row >= 3
+                while queues and len(in_flight) < (1 if isolating else PIPELINE):
+                    if unknown:
+                        await self._load_missing(unknown)
+                        unknown = []
+                    batch = self._next_batch(queues, report, 1 if isolating else self.batch_size, busy)
+                    if not batch:
+                        break
+                    busy.update(event.child for event, _ in batch)
+                    in_flight[asyncio.create_task(self._commit(batch, report))] = batch
+                if not in_flight:
+                    continue
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    batch = in_flight.pop(task)
+                    children = {event.child for event, _ in batch}
+                    busy.difference_update(children)
+                    outcome = task.result()
+                    if outcome is Outcome.STORED:
+                        refusals_in_a_row = 0
+                    elif outcome is Outcome.ID_TAKEN and len(batch) == 1:
+                        # Not in its child's history, yet the server knows the id: another event has it.
+                        refused = lifecycle.IllegalEvent(batch[0][0], "event id already used by another event")
+                        report.refused.append(refused)
+                        self._states.pop(batch[0][0].child, None)
+                        unknown.append(batch[0][0].child)
+                        refusals_in_a_row = 0
+                    else:
+                        # Refused as a whole: forget what we believed about its children, decide again.
+                        refusals_in_a_row += 1
+                        report.retried_batches += 1
+                        for child in children:
+                            self._states.pop(child, None)
+                        unknown.extend(children)
+                        for event, _ in reversed(batch):
+                            queues.setdefault(event.child, deque()).appendleft(event)
+        finally:
+            # On an error (the log is full), the other batch's outcome is still awaited and counted.
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
 
     def _next_batch(
-        self, queues: dict[str, deque[Event]], report: WriteReport, size: int
+        self, queues: dict[str, deque[Event]], report: WriteReport, size: int, busy: set[str]
     ) -> list[tuple[Event, dict[str, str]]]:
         """Take events, child by child, until the batch is full; check each against its child's state
-        (applied tentatively: a refused batch drops those states). Every child's events stay in order."""
+        (applied tentatively: a refused batch drops those states). Every child's events stay in order;
+        children in a batch still in flight (`busy`) wait for it."""
         batch: list[tuple[Event, dict[str, str]]] = []
         for child in list(queues):
+            if child in busy:
+                continue
             queue = queues[child]
             state = self._states[child]
             first_of_child = True
