@@ -5,7 +5,7 @@ from typing import Any
 
 import msgspec
 
-from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event, event_type
+from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)
@@ -16,12 +16,10 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 # Each event class declares its current version as the default of `schema_version`.
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
-CURRENT_VERSION: dict[str, int] = {
-    cls.__struct_config__.tag: next(
-        f.default for f in msgspec.structs.fields(cls) if f.name == "schema_version"
-    )
-    for cls in ALL_EVENT_TYPES
+_VERSION_OF_CLASS: dict[type, int] = {
+    cls: next(f.default for f in msgspec.structs.fields(cls) if f.name == "schema_version") for cls in ALL_EVENT_TYPES
 }
+CURRENT_VERSION: dict[str, int] = {cls.__struct_config__.tag: v for cls, v in _VERSION_OF_CLASS.items()}
 
 
 class UndecodableEvent(ValueError):
@@ -39,7 +37,7 @@ def encode(event: Event) -> bytes:
 def decode(data: bytes) -> AnyEvent:
     try:
         event = _decoder.decode(data)
-        if event.schema_version == CURRENT_VERSION[event_type(event)]:
+        if event.schema_version == _VERSION_OF_CLASS[type(event)]:
             return event
         first_error = f"schema_version {event.schema_version}"
     except msgspec.DecodeError as exc:

@@ -50,8 +50,9 @@ ServiceCode = Annotated[
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """The envelope every event carries."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+    """The envelope every event carries. Immutable values only, so no event can be part of a
+    reference cycle: the garbage collector need not track them (millions pass through a replay)."""
 
     event_id: UUID
     schema_version: int = 1

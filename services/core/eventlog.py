@@ -11,7 +11,7 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -275,18 +275,18 @@ class EventLog:
 
     async def replay(self, from_seq: int = 1, chunk: int = 512) -> AsyncIterator[StoredEvent]:
         """Every event of the log in order, from `from_seq` to the end as it is now. An ordered
-        consumer with a callback (several times faster than iterating a subscription) hands
-        decoded events over in chunks; a bounded queue keeps a slow reader from piling them up."""
+        consumer with a callback (several times faster than iterating a subscription) hands raw
+        messages over in chunks, decoded on this side; a bounded queue keeps a slow reader from
+        piling them up."""
         end = (await self.js.stream_info(subjects.STREAM)).state.last_seq
         if end < from_seq:
             return
-        chunks: asyncio.Queue[list[StoredEvent]] = asyncio.Queue(maxsize=64)
-        pending: list[StoredEvent] = []
+        chunks: asyncio.Queue[list[tuple[int, int, bytes]]] = asyncio.Queue(maxsize=64)
+        pending: list[tuple[int, int, bytes]] = []
 
         async def on_message(msg: Msg) -> None:
-            metadata = msg.metadata
-            seq = metadata.sequence.stream
-            pending.append(_decoded(seq, metadata.timestamp, msg.data))
+            seq, stored_ns = _delivered_position(msg.reply)
+            pending.append((seq, stored_ns, msg.data))
             if len(pending) >= chunk or seq >= end:
                 await chunks.put(pending.copy())
                 pending.clear()
@@ -302,9 +302,9 @@ class EventLog:
         try:
             while True:
                 batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
-                for stored in batch:
-                    yield stored
-                if batch[-1].seq >= end:
+                for seq, stored_ns, data in batch:
+                    yield _decoded(seq, datetime.fromtimestamp(stored_ns / 1e9, UTC), data)
+                if batch[-1][0] >= end:
                     return
         finally:
             await sub.unsubscribe()
@@ -414,6 +414,16 @@ class _MultiReplies:
             page.done.set_result(None)
         else:
             page.done.set_exception(RuntimeError(f"direct get: {status} {headers.get('Description')}"))
+
+
+def _delivered_position(reply: str) -> tuple[int, int]:
+    """The stream sequence and storage time (ns) of a consumer's message, from its ack subject:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`, or with
+    `<domain>.<account hash>` after `$JS.ACK` and a random token at the end (ADR-15). nats-py's
+    `metadata` builds several objects per message for the same two numbers."""
+    tokens = reply.split(".")
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at]), int(tokens[at + 2])
 
 
 def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:
