@@ -88,6 +88,10 @@ def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
 
 Decide = Callable[[ChildState], Sequence[Event]]
 MAX_BATCH = 500
+# An atomic batch is staged on disk by the server before its commit (a directory and a store per
+# batch): worth it for many events, not for a few, which go as separate publishes, all in flight at
+# once (each a different child, each with its own check; atomicity is only needed within a child).
+ATOMIC_FROM = 8
 DUPLICATE_IN_BATCH = 10201
 
 
@@ -162,8 +166,10 @@ class EventLog:
                 children.add(pending.child)
             self._queue.extendleft(reversed(later))
             try:
-                if len(batch) == 1:
-                    outcome: list[int | BaseException] = [await self._publish_one(batch[0])]
+                if len(batch) < ATOMIC_FROM:
+                    outcome: list[int | BaseException] = list(
+                        await asyncio.gather(*(self._publish_one(p) for p in batch))
+                    )
                 else:
                     outcome = await self._publish_many(batch)
             except Exception as exc:  # no answer (timeout, connection): the outcome is unknown
