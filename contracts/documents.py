@@ -38,8 +38,7 @@ APPEND_HEADERS: dict[str, Any] = {
             "description": f"Always {subjects.child_filter('{child}')}: the check spans all of the child's subjects.",
         },
         "Refbus-Event-Type": {"type": "string", "description": "The event's type tag, for operators."},
-        "Refbus-Schema-Version": {"type": "string"},
-        "Refbus-Correlation-Id": {"type": "string"},
+        "Refbus-Correlation-Id": {"type": "string", "description": "The referral chain, for tracing across sectors."},
     },
 }
 

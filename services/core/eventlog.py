@@ -75,9 +75,10 @@ def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
     event riding in an atomic batch behind an earlier event of the same child that carries it."""
     headers = {
         "Nats-Msg-Id": str(event.event_id),
-        # What operators may see without reading the payload (no personal data in headers).
+        # What operators may see without reading the payload (no personal data in headers). The
+        # schema version stays in the payload alone: every header costs nats-py ~2 µs per message,
+        # on every write and every read.
         "Refbus-Event-Type": event_type(event),
-        "Refbus-Schema-Version": str(event.schema_version),
         "Refbus-Correlation-Id": str(event.correlation_id),
     }
     if expected_last_seq is not None:
