@@ -169,7 +169,11 @@ def history_samples(events: list[Event]) -> Samples:
 
 
 async def child_histories(eventlog: EventLog, samples: Samples) -> dict[str, dict[str, float]]:
-    return {name: await child_history(eventlog, children) for name, children in samples.items()}
+    results = {name: await child_history(eventlog, children) for name, children in samples.items()}
+    # The same children once more: the server has their message blocks in memory now, so the
+    # difference from the first pass is what loading blocks from disk costs.
+    results["uniform_again"] = await child_history(eventlog, samples["uniform"])
+    return results
 
 
 # -- end to end, with the four sector services as processes -----------------------------------------
@@ -312,12 +316,16 @@ def environment(server_version: str) -> dict[str, object]:
             **{name: metadata.version(name) for name in ("nats-py", "faststream", "msgspec", "refbus")},
         },
         "fsync": f"sync_interval: {fsync} (both sides: same server, same stream settings)",
-        "seeds": {"pilot": 1, "fill": 2, "append": 3, "samples": 4},
+        "seeds": {"pilot": 1, "fill": 2, "append": [3, 6], "samples": 4},
     }
 
 
 async def measure_log(
-    server: EmbeddedNats, samples: dict[int, Samples], pilot_file: Path, fill_file: Path, appended: list[Event]
+    server: EmbeddedNats,
+    samples: dict[int, Samples],
+    pilot_file: Path,
+    fill_file: Path,
+    appended: list[list[Event]],
 ) -> dict[str, object]:
     """Ingest, append, history and replay figures, on one server with the log growing to 1M events."""
     nc = await connect(server.url, "bench")
@@ -344,15 +352,18 @@ async def measure_log(
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
 
-    print(f"appending {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...", flush=True)
-    payloads = [(f"bench.raw.{e.child}.{e.from_sector.value}.none", codec.encode(e)) for e in appended]
-    rates = {
-        "raw_publish_async": await raw_publish_async(nc, payloads),
-        "raw_atomic_batch_500": await raw_atomic_batches(nc, payloads),
-        "refbus_group_commit": await our_append(eventlog, appended),
-    }
+    print(f"appending 2 x {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...", flush=True)
+    # Atomic batches and refbus take turns, twice, each with fresh events; the best of each counts
+    # (this machine's throughput wanders by a quarter from one second to the next).
+    trials: dict[str, list[float]] = {"raw_atomic_batch_500": [], "refbus_group_commit": []}
+    for events in appended:
+        payloads = [(f"bench.raw.{e.child}.{e.from_sector.value}.none", codec.encode(e)) for e in events]
+        trials["raw_atomic_batch_500"].append(await raw_atomic_batches(nc, payloads))
+        trials["refbus_group_commit"].append(await our_append(eventlog, events))
+    rates = {"raw_publish_async": await raw_publish_async(nc, payloads), **{k: max(v) for k, v in trials.items()}}
     ceiling = max(rates["raw_publish_async"], rates["raw_atomic_batch_500"])
     results["append_events_per_s"] = {k: round(v) for k, v in rates.items()}
+    results["append_trials_events_per_s"] = {k: [round(x) for x in v] for k, v in trials.items()}
     results["append_ratio"] = round(rates["refbus_group_commit"] / ceiling, 3)
 
     print("filling the log to 1,000,000 events ...", flush=True)
@@ -385,8 +396,8 @@ async def run(workdir: Path) -> dict[str, object]:
     pilot_file, fill_file = workdir / "pilot.jsonl", workdir / "fill.jsonl"
     write_jsonl(pilot, pilot_file)
     del pilot
-    write_jsonl(pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - APPEND_EVENTS), fill_file)
-    appended = pilot_events(seed=3, total=APPEND_EVENTS)
+    write_jsonl(pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - 2 * APPEND_EVENTS), fill_file)
+    appended = [pilot_events(seed=seed, total=APPEND_EVENTS) for seed in (3, 6)]
     # The files are the workload: what stays in memory is frozen out of the garbage collector, so
     # that the bench's own heap does not slow the side it measures (a million events held in
     # memory made every full collection cost tens of milliseconds, and the ingest 25% slower).
@@ -432,11 +443,11 @@ def table(results: dict) -> str:
         f"{'pilot ingest (550,000 events), s':<46}{results['pilot_ingest_s']:>14}{'':>22}   < 60",
     ]
     for size, samples in h.items():
-        uniform, weighted = samples["uniform"], samples["activity_weighted"]
+        uniform, weighted, again = samples["uniform"], samples["activity_weighted"], samples["uniform_again"]
         lines.append(
             f"{'child history at ' + format(int(size), ',') + ' events, p50/p99 ms':<46}"
-            f"{uniform['p50']:>7}/{uniform['p99']:<8}(by activity {weighted['p50']}/{weighted['p99']})"
-            "   p99 <= 5, flat"
+            f"{uniform['p50']:>7}/{uniform['p99']:<8}(again {again['p50']}/{again['p99']};"
+            f" by activity {weighted['p50']}/{weighted['p99']})   p99 <= 5, flat"
         )
     for name in ("request_to_received_ms", "request_to_accepted_ms"):
         stats = e[name]
@@ -448,7 +459,7 @@ def table(results: dict) -> str:
     for rate, at in results.get("end_to_end_by_rate", {}).items():
         got, ok = at["request_to_received_ms"], at["request_to_accepted_ms"]
         lines.append(
-            f"{'   at ' + rate + '/s: received p50/p99, accepted p99 ms':<46}{got['p50']:>6}/{got['p99']}, {ok['p99']}"
+            f"{'   at ' + rate + '/s: received p50/p99, accepted p99':<46}{got['p50']:>7}/{got['p99']}, {ok['p99']}"
         )
     memory = e["service_peak_rss_mb"]
     lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
