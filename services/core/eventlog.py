@@ -168,8 +168,9 @@ class EventLog:
             self._queue.extendleft(reversed(later))
             try:
                 if len(batch) < ATOMIC_FROM:
+                    # Each its own outcome: one timing out says nothing of the others.
                     outcome: list[int | BaseException] = list(
-                        await asyncio.gather(*(self._publish_one(p) for p in batch))
+                        await asyncio.gather(*(self._publish_one(p) for p in batch), return_exceptions=True)
                     )
                 else:
                     outcome = await self._publish_many(batch)
