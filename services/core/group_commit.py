@@ -88,7 +88,7 @@ class GroupCommitWriter:
         # Two batches in flight over disjoint children: the next one is built and sent while the
         # server stores and fsyncs the previous one. A child is in one batch at a time, so its
         # expected sequence is always known when its batch is built.
-        in_flight: dict[asyncio.Task[Outcome], list[tuple[Event, dict[str, str]]]] = {}
+        in_flight: dict[asyncio.Task[Outcome], tuple[list[tuple[Event, dict[str, str]]], set[str]]] = {}
         busy: set[str] = set()
         unknown = list(queues)
         "Children whose state this writer has yet to read: all at first, then those of refused batches."
@@ -104,15 +104,15 @@ class GroupCommitWriter:
                     batch = self._next_batch(queues, report, 1 if isolating else self.batch_size, busy)
                     if not batch:
                         break
-                    busy.update(event.child for event, _ in batch)
-                    in_flight[asyncio.create_task(self._commit(batch, report))] = batch
+                    children = {event.child for event, _ in batch}
+                    busy |= children
+                    in_flight[asyncio.create_task(self._commit(batch, report))] = batch, children
                 if not in_flight:
                     continue
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    batch = in_flight.pop(task)
-                    children = {event.child for event, _ in batch}
-                    busy.difference_update(children)
+                    batch, children = in_flight.pop(task)
+                    busy -= children
                     outcome = task.result()
                     if outcome is Outcome.STORED:
                         refusals_in_a_row = 0
