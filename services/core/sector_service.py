@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from faststream import AckPolicy, FastStream
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream import FastStream
+from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
@@ -32,6 +32,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.health import serve_health
+from refbus.services.core.inbox import Inbox, ensure_consumer
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
 from refbus.services.referral.lifecycle import IllegalEvent
@@ -100,18 +101,18 @@ class SectorService:
     def consumer_name(self) -> str:
         return f"inbox-{self.sector.value}"
 
-    async def handle(self, msg: NatsMessage) -> None:
-        raw, body = msg.raw_message, msg.body
+    async def handle(self, raw: Msg) -> None:
+        body = raw.data
         seq = raw.metadata.sequence.stream
         try:
             event = codec.decode(body)
         except codec.UndecodableEvent as exc:
             await self.set_aside(raw.subject, seq, body, exc.reason)
-            await msg.ack()
+            await raw.ack()
             return
         if event.to_sector != self.sector:
             await self.set_aside(raw.subject, seq, body, f"addressed to {event.to_sector}, not {self.sector.value}")
-            await msg.ack()
+            await raw.ack()
             return
         lock = self._child_locks[event.child]
         with structlog.contextvars.bound_contextvars(
@@ -123,21 +124,21 @@ class SectorService:
             except IllegalEvent as exc:
                 # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
                 await self.set_aside(raw.subject, seq, body, f"handling refused: {exc.reason}")
-                await msg.ack()
+                await raw.ack()
                 return
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
-                await msg.nack(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
+                await raw.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
                 return
             finally:
                 if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
                     self._child_locks.pop(event.child, None)
         if wake_in is None:
-            await msg.ack()
+            await raw.ack()
         else:
             # The server is our durable timer: the message comes back when the next step is due.
-            await msg.nack(delay=wake_in)
+            await raw.nak(delay=wake_in)
 
     async def react(self, event: AnyEvent, seq: int) -> float | None:
         """Handle one event addressed to us; returns seconds until it should come back, if ever."""
@@ -216,25 +217,6 @@ class SectorService:
         log.warning("set_aside", seq=seq, reason=reason)
 
 
-async def as_stream_message(raw: Msg) -> NatsMessage:
-    """FastStream's message around the raw one, with our ids: the log's event id and correlation id
-    (FastStream would mint a uuid4 per message instead)."""
-    headers = raw.headers or {}
-    return NatsMessage(
-        raw_message=raw,
-        body=raw.data,
-        headers=headers,
-        message_id=headers.get("Nats-Msg-Id"),
-        correlation_id=headers.get("Refbus-Correlation-Id"),
-    )
-
-
-async def whole_message(msg: NatsMessage) -> NatsMessage:
-    """Hand the handler the whole message: our codec decodes the bytes, so a malformed message
-    reaches the handler (and the dead letter) instead of failing inside FastStream."""
-    return msg
-
-
 def _faststream_logger() -> logging.Logger:
     logger = logging.getLogger("refbus.faststream")
     logger.setLevel(logging.WARNING)
@@ -246,42 +228,32 @@ def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers:
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{sector.value}",
-        # FastStream's own two INFO lines per message halve throughput: keep only its warnings and errors.
+        # Our logs are structlog's; FastStream's own only when it warns.
         logger=_faststream_logger(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        # No dependency injection per message: FastDepends would resolve the handler's arguments
-        # in a worker thread for every message (a third of a service's CPU under load).
-        apply_types=False,
     )
     service = SectorService(sector, policy, lambda: broker.connection)
-    broker.subscriber(
-        subjects.inbox_filter(sector),
-        stream=JStream(subjects.STREAM, declare=False),
-        durable=service.consumer_name,
-        config=inbox_consumer(sector, settings.ack_wait),
-        pull_sub=PullSub(batch_size=32, timeout=2.0),
-        parser=as_stream_message,
-        decoder=whole_message,
-        ack_policy=AckPolicy.MANUAL,
-        max_workers=workers,
-        title=f"{sector.value} inbox",
-        description=f"Referral events addressed to the {sector.value} sector.",
-    )(service.handle)
-
     app = FastStream(broker, logger=None)
-
     health: list[asyncio.Server] = []
+    inboxes: list[Inbox] = []
 
     @app.after_startup
-    async def announce() -> None:
+    async def start_inbox() -> None:
+        # The inbox is ours, not a FastStream subscriber: see services/core/inbox.py.
+        nc = broker.connection
+        await ensure_consumer(nc.jetstream(), subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
+        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
+        await inboxes[0].start()
         if settings.health_port is not None:
             is_up = lambda: broker.connection.is_connected  # noqa: E731
             health.append(await serve_health(settings.health_port, is_up, settings.health_host))
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
 
     @app.on_shutdown
-    async def stop_health() -> None:
+    async def stop_inbox() -> None:
+        for inbox in inboxes:
+            await inbox.stop(wait=5.0)
         for server in health:
             server.close()
 
