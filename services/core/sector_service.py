@@ -30,14 +30,15 @@ from refbus.contracts.events import (
     event_type,
 )
 from refbus.contracts.vocabulary import Sector, Status
-from refbus.services.core.eventlog import EventLog
+from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
 from refbus.services.core.health import serve_health
 from refbus.services.core.inbox import Inbox, ensure_consumer
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
+from refbus.services.referral import lifecycle
 from refbus.services.referral.lifecycle import IllegalEvent
 from refbus.services.referral.policy import SectorPolicy, Step
-from refbus.services.referral.state import ChildState
+from refbus.services.referral.state import ChildState, apply
 from refbus.services.referral.work import onward_request, receipt, step_event
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,7 @@ class SectorService:
         ):
             try:
                 async with lock:
-                    wake_in = await self.react(event, seq)
+                    wake_in = await self.react(event, seq, first_delivery=raw.metadata.num_delivered == 1)
             except IllegalEvent as exc:
                 # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
                 await self.set_aside(raw.subject, seq, body, f"handling refused: {exc.reason}")
@@ -140,15 +141,30 @@ class SectorService:
             # The server is our durable timer: the message comes back when the next step is due.
             await raw.nak(delay=wake_in)
 
-    async def react(self, event: AnyEvent, seq: int) -> float | None:
+    async def react(self, event: AnyEvent, seq: int, first_delivery: bool = False) -> float | None:
         """Handle one event addressed to us; returns seconds until it should come back, if ever."""
         match event:
             case ReferralRequested():
+                if first_delivery:
+                    await self.acknowledge_receipt(event, seq)
                 return await self.work_on(event, seq)
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went.
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
+
+    async def acknowledge_receipt(self, request: ReferralRequested, seq: int) -> None:
+        """The delivery receipt at once, before reading the child: appended on condition that the
+        request is still the child's newest event, when the receipt is legal knowing only the
+        request. If the child has moved on, the server refuses it and `work_on` decides on the
+        child as read, as it does for every later step."""
+        just_requested = apply(ChildState(child=request.child), request, seq)
+        event = receipt(just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id)
+        try:
+            lifecycle.check(just_requested, event)
+            await self.eventlog.append(event, expected_last_seq=seq)
+        except (ConcurrencyConflict, IllegalEvent):
+            pass
 
     async def work_on(self, request: ReferralRequested, seq: int) -> float | None:
         """One pass over a referral addressed to us: acknowledge receipt, then take every step the

@@ -31,7 +31,7 @@ from refbus.contracts.vocabulary import (
 )
 from refbus.services.core.eventlog import EventLog
 from refbus.services.referral.policy import SimulatedSector, Step
-from tests.factories import answer, request
+from tests.factories import answer, new_child, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -205,3 +205,30 @@ async def test_sectors_send_their_own_referrals_onward(eventlog: EventLog, provi
         onward = [r for r in state.referrals.values() if r.referrer is Sector.HEALTH]
         assert len(onward) == 1 and onward[0].receiver is Sector.SOCIAL
         assert onward[0].correlation_id == req.correlation_id
+
+
+async def test_the_receipt_goes_out_before_any_read_only_while_the_request_is_the_childs_newest_event(
+    own_log: EventLog,
+) -> None:
+    from refbus.services.core.sector_service import SectorService
+
+    eventlog, child = own_log, new_child()  # a server of its own: no sector service takes these
+    service = SectorService(Sector.HEALTH, ScriptedPolicy([]), lambda: eventlog.nc)
+    first = request(child)
+    first_seq = await eventlog.record(first)
+    assert first_seq is not None
+    await service.acknowledge_receipt(first, first_seq)
+    # The child moves on before the second request is handled: the receipt is not sent unread.
+    second = request(child)
+    second_seq = await eventlog.record(second)
+    assert second_seq is not None
+    await eventlog.record(answer(ReferralCancelled, first, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED))
+    await service.acknowledge_receipt(second, second_seq)
+    assert [event_type(e) for e in await referral_events(eventlog, child, first.referral_id)] == [
+        "referral.requested",
+        "referral.received",
+        "referral.cancelled",
+    ]
+    assert [event_type(e) for e in await referral_events(eventlog, child, second.referral_id)] == [
+        "referral.requested"
+    ]
