@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error codes
 STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exceeded"
 HISTORY_PAGE = 512
+INDEX_PATIENCE = 0.5
 _MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
 
 
@@ -57,7 +58,8 @@ class LogFull(Exception):
 
 
 class IndexBehind(Exception):
-    """The child index has not yet copied an event the caller knows is in the log."""
+    """Neither the child index nor the log (as a replica answered) shows yet an event the caller
+    knows is stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,38 +338,44 @@ class EventLog:
         acknowledged before the call (read-your-writes: the index lags the log by a fraction of a
         millisecond, so the call asks the log for the child's last sequence and waits for it).
 
-        `min_seq`: also wait for this sequence. `upto_seq`: stop there (a replay as of that point)."""
+        `min_seq`: also wait for this sequence. `upto_seq`: stop there (a replay as of that point).
+        If the index stays behind for INDEX_PATIENCE (it stops copying for seconds after a stream
+        leader fails over), the child is read from the log itself: a scan, slower, but current."""
         if fresh:
             min_seq = max(min_seq, await self.last_seq(child))
-        deadline = asyncio.get_running_loop().time() + wait
+        started = asyncio.get_running_loop().time()
+        index, log_itself = (
+            (subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child)),
+            (subjects.STREAM, subjects.child_filter(child)),
+        )
         while True:
-            found = await self._read_index(child)
+            waited = asyncio.get_running_loop().time() - started
+            found = await self._read(*(index if waited < INDEX_PATIENCE else log_itself))
             if not min_seq or (found and found[-1].seq >= min_seq):
                 return found if upto_seq is None else [e for e in found if e.seq <= upto_seq]
-            if asyncio.get_running_loop().time() > deadline:
-                raise IndexBehind(f"child index has not reached sequence {min_seq} for {child}")
+            if waited > wait:
+                raise IndexBehind(f"neither the child index nor the log has reached sequence {min_seq} for {child}")
             await asyncio.sleep(0.002)
 
-    async def _read_index(self, child: str) -> list[StoredEvent]:
-        subject = subjects.child_index_subject(child)
+    async def _read(self, stream: str, subject: str) -> list[StoredEvent]:
         found: list[StoredEvent] = []
         start = 1
         while True:
-            page, pending, last_index_seq = await self._direct_get_batch(subjects.CHILD_INDEX_STREAM, subject, start)
+            page, pending, last_of_page = await self._direct_get_batch(stream, subject, start)
             found.extend(page)
             if not page or pending == 0:
                 return found
-            start = last_index_seq + 1
+            start = last_of_page + 1
 
     async def _direct_get_batch(self, stream: str, subject: str, start: int) -> tuple[list[StoredEvent], int, int]:
         """One batched direct get (server 2.11+): messages on `subject` from `start`, in one round
         trip. nats-py has no helper for it, so this speaks the JetStream API by hand.
-        Returns the page, how many more match, and the index sequence of the page's last message."""
+        Returns the page, how many more match, and the sequence in `stream` of the page's last message."""
         request = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
         page = await self._replies.ask(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), self.timeout)
         found = [_stored(msg.data, msg.headers or {}) for msg in page.messages]
-        last_index_seq = int(page.messages[-1].headers["Nats-Sequence"]) if page.messages else start  # type: ignore[index]
-        return found, page.pending, last_index_seq
+        last_of_page = int(page.messages[-1].headers["Nats-Sequence"]) if page.messages else start  # type: ignore[index]
+        return found, page.pending, last_of_page
 
 
 @dataclass(slots=True)
@@ -435,9 +443,10 @@ def _delivered_position(reply: str) -> tuple[int, int]:
 
 
 def _stored(data: bytes, headers: dict[str, str]) -> StoredEvent:
-    # The index is a sourced stream: "Nats-Stream-Source: REFBUS <origin seq> ..." gives the
+    # From the index, a sourced stream, "Nats-Stream-Source: REFBUS <origin seq> ..." gives the
     # event's sequence in the log itself, which is what concurrency checks and replays speak.
-    seq = int(headers["Nats-Stream-Source"].split()[1])
+    source = headers.get("Nats-Stream-Source")
+    seq = int(source.split()[1] if source else headers["Nats-Sequence"])
     return _decoded(seq, parse_nats_time(headers["Nats-Time-Stamp"]), data)
 
 

@@ -145,28 +145,31 @@ class SectorService:
         """Handle one event addressed to us; returns seconds until it should come back, if ever."""
         match event:
             case ReferralRequested():
-                if first_delivery:
-                    await self.acknowledge_receipt(event, seq)
-                return await self.work_on(event, seq)
+                return await self.work_on(event, seq, first_delivery)
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went.
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
 
-    async def acknowledge_receipt(self, request: ReferralRequested, seq: int) -> None:
+    async def acknowledge_receipt(self, request: ReferralRequested, seq: int) -> ChildState | None:
         """The delivery receipt at once, before reading the child: appended on condition that the
         request is still the child's newest event, when the receipt is legal knowing only the
-        request. If the child has moved on, the server refuses it and `work_on` decides on the
-        child as read, as it does for every later step."""
+        request. Then the child is the index up to the request plus the receipt, and no read has
+        to wait for the index to copy the receipt. Returns None if the child had moved on (the
+        server refused the receipt): `work_on` then reads and decides as for every later step."""
         just_requested = apply(ChildState(child=request.child), request, seq)
         event = receipt(just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id)
         try:
             lifecycle.check(just_requested, event)
-            await self.eventlog.append(event, expected_last_seq=seq)
+            receipt_seq = await self.eventlog.append(event, expected_last_seq=seq)
         except (ConcurrencyConflict, IllegalEvent):
-            pass
+            return None
+        state = await self.eventlog.load(request.child, min_seq=seq, fresh=False)
+        if event.event_id not in state.event_ids:
+            apply(state, event, receipt_seq)
+        return state
 
-    async def work_on(self, request: ReferralRequested, seq: int) -> float | None:
+    async def work_on(self, request: ReferralRequested, seq: int, first_delivery: bool = False) -> float | None:
         """One pass over a referral addressed to us: acknowledge receipt, then take every step the
         policy has that is due. Returns the seconds until the next step is due, or None when the
         sector has nothing more to do. Each pass starts from the log, so a redelivery resumes."""
@@ -178,7 +181,9 @@ class SectorService:
                 return [receipt(referral, request.child, self.clock(), request.event_id)]
             return []
 
-        state = (await self.eventlog.transact(request.child, receive, min_seq=seq)).state
+        state = await self.acknowledge_receipt(request, seq) if first_delivery else None
+        if state is None:
+            state = (await self.eventlog.transact(request.child, receive, min_seq=seq)).state
         while True:
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)

@@ -142,3 +142,23 @@ async def test_concurrent_appends_are_group_committed_and_each_stored_once(event
         assert next(h.event for h in await eventlog.history(req.child) if h.event is not None) == req
     with pytest.raises(ConcurrencyConflict):
         await eventlog.append(request(requests[1].child), expected_last_seq=0)
+
+
+async def test_a_child_is_read_from_the_log_itself_while_the_index_is_behind(own_log: EventLog) -> None:
+    from refbus.contracts import subjects
+    from refbus.services.core import streams
+
+    child = new_child()
+    req = request(child)
+    first = await own_log.record(req)
+    # The index stops copying (as it does for a while after a leader fails over).
+    stalled = streams.child_index_config()
+    stalled.sources = []
+    await own_log.js.update_stream(stalled)
+    later = await own_log.record(answer(ReferralAccepted, req))
+    assert first is not None and later is not None
+    history = await own_log.history(child)
+    assert [(h.seq, h.event) for h in history] == [(first, req), (later, history[1].event)]
+    assert isinstance(history[1].event, ReferralAccepted)
+    info = await own_log.js.stream_info(subjects.CHILD_INDEX_STREAM)
+    assert info.state.messages < len(history), "the index really was behind"

@@ -217,13 +217,14 @@ async def test_the_receipt_goes_out_before_any_read_only_while_the_request_is_th
     first = request(child)
     first_seq = await eventlog.record(first)
     assert first_seq is not None
-    await service.acknowledge_receipt(first, first_seq)
+    seen = await service.acknowledge_receipt(first, first_seq)
+    assert seen is not None and seen.referrals[first.referral_id].received_at is not None
     # The child moves on before the second request is handled: the receipt is not sent unread.
     second = request(child)
     second_seq = await eventlog.record(second)
     assert second_seq is not None
     await eventlog.record(answer(ReferralCancelled, first, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED))
-    await service.acknowledge_receipt(second, second_seq)
+    assert await service.acknowledge_receipt(second, second_seq) is None
     assert [event_type(e) for e in await referral_events(eventlog, child, first.referral_id)] == [
         "referral.requested",
         "referral.received",
