@@ -378,12 +378,16 @@ async def measure_log(
     # The headline: a typical child. The activity-weighted figures are beside it in child_history_ms.
     results["child_history_p99_ms"] = {size: h["uniform"]["p99"] for size, h in history.items()}
 
-    print("replaying the whole log: raw ordered consumer, then refbus (decoded events) ...", flush=True)
-    raw_rate = await raw_replay(nc, info.state.messages)
-    our_rate, count = await our_replay(eventlog)
-    assert count == info.state.messages
-    results["replay_events_per_s"] = {"raw_ordered_consumer": round(raw_rate), "refbus": round(our_rate)}
-    results["replay_ratio"] = round(our_rate / raw_rate, 3)
+    print("replaying the whole log, twice: raw ordered consumer, then refbus (decoded events) ...", flush=True)
+    replays: dict[str, list[float]] = {"raw_ordered_consumer": [], "refbus": []}
+    for _ in range(2):  # in turns, best of each, as for appends
+        replays["raw_ordered_consumer"].append(await raw_replay(nc, info.state.messages))
+        our_rate, count = await our_replay(eventlog)
+        assert count == info.state.messages
+        replays["refbus"].append(our_rate)
+    results["replay_events_per_s"] = {k: round(max(v)) for k, v in replays.items()}
+    results["replay_trials_events_per_s"] = {k: [round(x) for x in v] for k, v in replays.items()}
+    results["replay_ratio"] = round(max(replays["refbus"]) / max(replays["raw_ordered_consumer"]), 3)
     await nc.close()
     return results
 
