@@ -35,8 +35,7 @@ from refbus.services.core.health import serve_health
 from refbus.services.core.inbox import Inbox, ensure_consumer
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
-from refbus.services.referral import lifecycle
-from refbus.services.referral.lifecycle import IllegalEvent
+from refbus.services.referral.lifecycle import IllegalEvent, check
 from refbus.services.referral.policy import SectorPolicy, Step
 from refbus.services.referral.state import ChildState, apply
 from refbus.services.referral.work import onward_request, receipt, step_event
@@ -160,7 +159,7 @@ class SectorService:
         just_requested = apply(ChildState(child=request.child), request, seq)
         event = receipt(just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id)
         try:
-            lifecycle.check(just_requested, event)
+            check(just_requested, event)
             receipt_seq = await self.eventlog.append(event, expected_last_seq=seq)
         except (ConcurrencyConflict, IllegalEvent):
             return None
