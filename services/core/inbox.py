@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError
@@ -59,11 +60,12 @@ class Inbox:
         self._heard = 0.0
         self._working: set[asyncio.Task[None]] = set()
         self._watchdog: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
         self._closing = False
 
     async def start(self) -> None:
         self._reply = self.nc.new_inbox()
-        await self.nc.subscribe(self._reply, cb=self._on_message)
+        self._subscription = await self.nc.subscribe(self._reply, cb=self._on_message)
         self._watchdog = asyncio.create_task(self._watch())
         await self._pull()
 
@@ -73,6 +75,8 @@ class Inbox:
         self._closing = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()  # what the last request still brings is redelivered
         if self._working:
             await asyncio.wait(self._working, timeout=wait)
 
@@ -83,7 +87,11 @@ class Inbox:
         self._owed = free
         self._heard = asyncio.get_running_loop().time()
         request = {"batch": free, "expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)}
-        await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._reply)
+        try:
+            await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._reply)
+        except Exception as exc:  # the connection went away meanwhile: the watchdog asks again
+            self._owed = 0
+            log.warning("pull_request_not_sent", error=repr(exc))
 
     async def _on_message(self, msg: Msg) -> None:
         self._heard = asyncio.get_running_loop().time()
