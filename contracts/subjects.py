@@ -9,6 +9,8 @@ Reading a child's history by that wildcard costs a scan that grows with the log,
 REFBUS_CHILDREN, sourced from REFBUS, re-keys every event to the literal subject
 ``refbus.child.<child>`` and history is read there (each copy names its REFBUS sequence in the
 Nats-Stream-Source header). docs/subjects.md has the measurements behind this.
+A third stream, REFBUS_PAGES, holds history pages (contracts/pages.py): a child's events many to
+a message, under ``refbus.page.<child>`` (the newest is the manifest) and ``refbus.pagedata.<child>``.
 """
 
 from refbus.contracts.vocabulary import Sector
@@ -17,12 +19,15 @@ PREFIX = "refbus"
 STREAM = "REFBUS"
 CHILD_INDEX_STREAM = "REFBUS_CHILDREN"
 DEAD_LETTER_STREAM = "REFBUS_DEAD_LETTERS"
+PAGES_STREAM = "REFBUS_PAGES"
 
 NO_SECTOR = "none"
 
 LOG_SUBJECTS = f"{PREFIX}.ev.>"
 CHILD_INDEX_SUBJECTS = f"{PREFIX}.child.>"
 DEAD_LETTER_SUBJECTS = f"{PREFIX}.dead.>"
+PAGER_CHECKPOINT = f"{PREFIX}.pager.checkpoint"
+PAGES_SUBJECTS = (f"{PREFIX}.page.*", f"{PREFIX}.pagedata.*", PAGER_CHECKPOINT)
 
 # Index transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
 CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")
@@ -41,6 +46,16 @@ def child_filter(child: str) -> str:
 def child_index_subject(child: str) -> str:
     """One child's literal subject in the REFBUS_CHILDREN index."""
     return f"{PREFIX}.child.{child}"
+
+
+def page_subject(child: str) -> str:
+    """One child's manifest pages in REFBUS_PAGES: the newest names all the child's live pages."""
+    return f"{PREFIX}.page.{child}"
+
+
+def page_data_subject(child: str) -> str:
+    """The child's pages that a manifest names but that are not manifests themselves."""
+    return f"{PREFIX}.pagedata.{child}"
 
 
 def inbox_filter(sector: Sector) -> str:

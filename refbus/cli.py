@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import uuid
@@ -26,15 +27,19 @@ from refbus.registry import checkpoint_path, import_jsonl, print_progress
 from refbus.services.core.eventlog import EventLog, StoredEvent
 from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.logs import configure_logging
-from refbus.services.core.runner import sector_services
+from refbus.services.core.runner import history_pager, sector_services
 from refbus.services.core.runtime import open_bus
 from refbus.services.core.sector_service import sector_app_factory
 from refbus.services.core.settings import Settings
+from refbus.services.pager.main import create_app as pager_app
 from refbus.services.referral.audit import Auditor
 from refbus.services.referral.lifecycle import IllegalEvent
 from refbus.summary import summarise
 
 log = structlog.get_logger("refbus")
+
+
+PAGER = "pager"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refbus", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[common], help="embedded server + the four sector services (Ctrl-C stops)")
+    up = sub.add_parser("up", parents=[common], help="embedded server + the four sector services and the history "
+                        "pager (Ctrl-C stops)")
     up.add_argument("--sim-speed", type=float, help="divide the simulated sectors' delays by this")
     up.set_defaults(command=cmd_up)
 
@@ -71,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the referrals to settle")
     demo.set_defaults(command=cmd_demo)
 
-    service = sub.add_parser("service", parents=[common], help="run one sector's service against a server")
-    service.add_argument("sector", choices=[s.value for s in Sector])
+    service = sub.add_parser("service", parents=[common], help="run one sector's service, or the history pager, "
+                             "against a server")
+    service.add_argument("sector", choices=[*(s.value for s in Sector), PAGER])
     service.add_argument("--sim-speed", type=float)
     service.set_defaults(command=cmd_service)
 
@@ -128,7 +135,7 @@ async def _until_signalled() -> None:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings) as bus, sector_services(bus.url, settings):
+    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings):
         print(f"refbus is up on {bus.url} (data in {settings.data_dir}); Ctrl-C stops", flush=True)
         await _until_signalled()
     print("refbus stopped cleanly", flush=True)
@@ -138,13 +145,17 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     if settings.nats_url is None:
         settings = Settings.from_env(nats_url="nats://127.0.0.1:4222", data_dir=settings.data_dir)
-    app = sector_app_factory(Sector(args.sector))(settings)
+    if args.sector == PAGER:
+        os.nice(10)  # background work: the sector services on the same machine come first
+        app = pager_app(settings)
+    else:
+        app = sector_app_factory(Sector(args.sector))(settings)
     await app.run()
     return 0
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings) as bus, sector_services(bus.url, settings):
+    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings):
         eventlog = EventLog(bus.nc)
         writer = GroupCommitWriter(eventlog)
         sent = 0

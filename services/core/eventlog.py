@@ -7,6 +7,7 @@ concurrent writer is detected instead of overwritten.
 """
 
 import asyncio
+import itertools
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,12 +17,14 @@ from datetime import UTC, datetime
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError
 
-from refbus.contracts import codec, subjects
+from refbus.contracts import codec, pages, subjects
 from refbus.contracts.events import AnyEvent, Event, event_type
+from refbus.contracts.pages import PagedEvent
 from refbus.services.core.batches import Message, first_sequence, publish_batch
 from refbus.services.referral import lifecycle
 from refbus.services.referral.state import ChildState, apply
@@ -33,6 +36,7 @@ STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exce
 HISTORY_PAGE = 512
 INDEX_PATIENCE = 0.5
 _MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
+_PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 
 
 class ConcurrencyConflict(Exception):
@@ -295,7 +299,7 @@ class EventLog:
         pending: list[tuple[int, int, bytes]] = []
 
         async def on_message(msg: Msg) -> None:
-            seq, stored_ns = _delivered_position(msg.reply)
+            seq, stored_ns = delivered_position(msg.reply)
             pending.append((seq, stored_ns, msg.data))
             if len(pending) >= chunk or seq >= end:
                 await chunks.put(pending.copy())
@@ -313,7 +317,7 @@ class EventLog:
             while True:
                 batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
                 for seq, stored_ns, data in batch:
-                    yield _decoded(seq, datetime.fromtimestamp(stored_ns / 1e9, UTC), data)
+                    yield _decoded(seq, datetime_from_ns(stored_ns), data)
                 if batch[-1][0] >= end:
                     return
         finally:
@@ -334,48 +338,105 @@ class EventLog:
     async def history(
         self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, wait: float = 5.0, fresh: bool = True
     ) -> list[StoredEvent]:
-        """One child's events in log order, from the REFBUS_CHILDREN index, including every write
-        acknowledged before the call (read-your-writes: the index lags the log by a fraction of a
-        millisecond, so the call asks the log for the child's last sequence and waits for it).
+        """One child's events in log order, including every write acknowledged before the call
+        (read-your-writes: the call asks the log for the child's last sequence and waits for it).
 
-        `min_seq`: also wait for this sequence. `upto_seq`: stop there (a replay as of that point).
-        If the index stays behind for INDEX_PATIENCE (it stops copying for seconds after a stream
-        leader fails over), the child is read from the log itself: a scan, slower, but current."""
+        From the child's history pages (contracts/pages.py) as far as they reach, the rest from the
+        REFBUS_CHILDREN index (it lags the log by a fraction of a millisecond). `min_seq`: also wait
+        for this sequence. `upto_seq`: stop there (a replay as of that point). If the index stays
+        behind for INDEX_PATIENCE (it stops copying for seconds after a stream leader fails over),
+        the rest is read from the log itself: a scan, slower, but current."""
         if fresh:
             min_seq = max(min_seq, await self.last_seq(child))
+        paged, index_start = await self.history_pages(child)
+        if fresh and paged and paged[-1].seq >= min_seq:
+            return _upto(paged, upto_seq)  # nothing newer in the log: no need to ask the index
+        log_start = paged[-1].seq + 1 if paged else 1
         started = asyncio.get_running_loop().time()
-        index, log_itself = (
-            (subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child)),
-            (subjects.STREAM, subjects.child_filter(child)),
-        )
         while True:
             waited = asyncio.get_running_loop().time() - started
-            found = await self._read(*(index if waited < INDEX_PATIENCE else log_itself))
+            if waited < INDEX_PATIENCE:
+                rest = await self._read(subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child), index_start)
+            else:
+                rest = await self._read(subjects.STREAM, subjects.child_filter(child), log_start)
+            found = paged + rest
             if not min_seq or (found and found[-1].seq >= min_seq):
-                return found if upto_seq is None else [e for e in found if e.seq <= upto_seq]
+                return _upto(found, upto_seq)
             if waited > wait:
                 raise IndexBehind(f"neither the child index nor the log has reached sequence {min_seq} for {child}")
             await asyncio.sleep(0.002)
 
-    async def _read(self, stream: str, subject: str) -> list[StoredEvent]:
-        found: list[StoredEvent] = []
-        start = 1
-        while True:
-            page, pending, last_of_page = await self._direct_get_batch(stream, subject, start)
-            found.extend(page)
-            if not page or pending == 0:
-                return found
-            start = last_of_page + 1
+    async def history_pages(self, child: str) -> tuple[list[StoredEvent], int]:
+        """The child's events in its history pages, and where in the index the rest begins.
+        The newest manifest names the pages; if a merge deletes one of them meanwhile, the newer
+        manifest is read. Anything unexpected means no pages: the index alone is always right."""
+        for _ in range(3):
+            manifest = await self._page_get({"last_by_subj": subjects.page_subject(child)})
+            if manifest is None:
+                return [], 1
+            page = pages.decode_page(manifest.data)
+            earlier = await asyncio.gather(*(self._page_get({"seq": seq}) for run in page.runs for seq in run))
+            if any(msg is None for msg in earlier):
+                continue
+            events = [event for msg in earlier for event in pages.decode_page(msg.data).events]  # type: ignore[union-attr]
+            events += page.events
+            if any(a[0] >= b[0] for a, b in itertools.pairwise(events)):
+                log.warning("history_pages_out_of_order", child=child)
+                return [], 1
+            return [_decoded(seq, datetime_from_ns(ns), data) for seq, ns, data in events], page.covered_index_seq + 1
+        return [], 1
 
-    async def _direct_get_batch(self, stream: str, subject: str, start: int) -> tuple[list[StoredEvent], int, int]:
+    async def _page_get(self, request: dict[str, object]) -> Msg | None:
+        try:
+            reply = await self.nc.request(_PAGES_GET, json.dumps(request).encode(), self.timeout)
+        except NoRespondersError:  # no REFBUS_PAGES (a deployment provisioned before it existed)
+            return None
+        status = (reply.headers or {}).get("Status")
+        if status is None:
+            return reply
+        if status == "404":
+            return None
+        raise RuntimeError(f"history pages: {status} {(reply.headers or {}).get('Description')}")
+
+    async def indexed_events(self, child: str, before_index_seq: int) -> list[PagedEvent]:
+        """The child's events in the index before `before_index_seq`, as stored (for the pager)."""
+        found: list[PagedEvent] = []
+        start = 1
+        while start < before_index_seq:
+            messages, pending = await self._direct_get_batch(
+                subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child), start
+            )
+            for msg in messages:
+                headers = msg.headers or {}
+                if int(headers["Nats-Sequence"]) >= before_index_seq:
+                    return found
+                log_seq = int(headers["Nats-Stream-Source"].split()[1])
+                found.append((log_seq, nats_time_ns(headers["Nats-Time-Stamp"]), msg.data))
+            if not messages or pending == 0:
+                break
+            start = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+        return found
+
+    async def _read(self, stream: str, subject: str, start: int = 1) -> list[StoredEvent]:
+        found: list[StoredEvent] = []
+        while True:
+            messages, pending = await self._direct_get_batch(stream, subject, start)
+            found.extend(_stored(msg.data, msg.headers or {}) for msg in messages)
+            if not messages or pending == 0:
+                return found
+            start = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
+
+    async def _direct_get_batch(self, stream: str, subject: str, start: int) -> tuple[list[Msg], int]:
         """One batched direct get (server 2.11+): messages on `subject` from `start`, in one round
         trip. nats-py has no helper for it, so this speaks the JetStream API by hand.
-        Returns the page, how many more match, and the sequence in `stream` of the page's last message."""
+        Returns the messages and how many more match."""
         request = {"seq": start, "next_by_subj": subject, "batch": HISTORY_PAGE}
         page = await self._replies.ask(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), self.timeout)
-        found = [_stored(msg.data, msg.headers or {}) for msg in page.messages]
-        last_of_page = int(page.messages[-1].headers["Nats-Sequence"]) if page.messages else start  # type: ignore[index]
-        return found, page.pending, last_of_page
+        return page.messages, page.pending
+
+
+def _upto(found: list[StoredEvent], upto_seq: int | None) -> list[StoredEvent]:
+    return found if upto_seq is None else [e for e in found if e.seq <= upto_seq]
 
 
 @dataclass(slots=True)
@@ -432,7 +493,7 @@ class _MultiReplies:
             page.done.set_exception(RuntimeError(f"direct get: {status} {headers.get('Description')}"))
 
 
-def _delivered_position(reply: str) -> tuple[int, int]:
+def delivered_position(reply: str) -> tuple[int, int]:
     """The stream sequence and storage time (ns) of a consumer's message, from its ack subject:
     `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`, or with
     `<domain>.<account hash>` after `$JS.ACK` and a random token at the end (ADR-15). nats-py's
@@ -455,6 +516,18 @@ def _decoded(seq: int, stored_at: datetime, data: bytes) -> StoredEvent:
         return StoredEvent(seq, stored_at, codec.decode(data))
     except codec.UndecodableEvent as exc:
         return StoredEvent(seq, stored_at, None, exc.reason)
+
+
+def datetime_from_ns(ns: int) -> datetime:
+    """Nanoseconds since the epoch, cut (not rounded) to Python's microseconds, like parse_nats_time."""
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(microsecond=ns // 1000 % 1_000_000)
+
+
+def nats_time_ns(text: str) -> int:
+    """JetStream's RFC 3339 time with nanoseconds, as nanoseconds since the epoch."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = int(datetime.fromisoformat(f"{whole}+00:00").timestamp())
+    return seconds * 1_000_000_000 + int(f"{fraction:0<9}"[:9])
 
 
 def parse_nats_time(text: str) -> datetime:

@@ -237,7 +237,7 @@ class SectorService:
         log.warning("set_aside", seq=seq, reason=reason)
 
 
-def _faststream_logger() -> logging.Logger:
+def faststream_logger() -> logging.Logger:
     logger = logging.getLogger("refbus.faststream")
     logger.setLevel(logging.WARNING)
     return logger
@@ -249,7 +249,7 @@ def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers:
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{sector.value}",
         # Our logs are structlog's; FastStream's own only when it warns.
-        logger=_faststream_logger(),
+        logger=faststream_logger(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
     )

@@ -22,6 +22,8 @@ class Settings:
     "Serve GET /healthz on this port (for probes); None serves nothing."
     health_host: str = "127.0.0.1"
     "0.0.0.0 in a container, so the orchestrator's probe can reach it."
+    page_after_s: float = 5.0
+    "The history pager: how long a child's new events may wait before they are paged."
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -34,6 +36,7 @@ class Settings:
             "ack_wait": float(env.get("REFBUS_ACK_WAIT", "30")),
             "health_port": int(env["REFBUS_HEALTH_PORT"]) if env.get("REFBUS_HEALTH_PORT") else None,
             "health_host": env.get("REFBUS_HEALTH_HOST", "127.0.0.1"),
+            "page_after_s": float(env.get("REFBUS_PAGE_AFTER_S", "5")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

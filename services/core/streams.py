@@ -71,6 +71,21 @@ def child_index_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def pages_config(replicas: int = 1) -> StreamConfig:
+    # Derived like the index, so the same asynchronous persistence on one node. Unlike the log and
+    # the index, the pager deletes what a merge has superseded: pages are a cache, not the record.
+    persistence = {"persist_mode": PersistMode.ASYNC} if replicas == 1 else {}
+    config = _append_only(
+        **persistence,
+        name=subjects.PAGES_STREAM,
+        description="refbus: history pages, one child's events many to a message (derived from the index)",
+        subjects=list(subjects.PAGES_SUBJECTS),
+        num_replicas=replicas,
+    )
+    config.deny_delete = False
+    return config
+
+
 def dead_letter_config(replicas: int = 1) -> StreamConfig:
     return _append_only(
         name=subjects.DEAD_LETTER_STREAM,
@@ -90,6 +105,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
     for config in (
         log_config(replicas, max_bytes),
         child_index_config(replicas),
+        pages_config(replicas),
         dead_letter_config(replicas),
     ):
         while True:

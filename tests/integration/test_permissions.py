@@ -16,11 +16,12 @@ from refbus.contracts.vocabulary import Sector
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
+from refbus.services.pager.pager import HistoryPager, pager_checkpoint
 from tests.factories import new_child, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
-USERS = ("admin", "operator", "social", "health", "education", "justice")
+USERS = ("admin", "operator", "social", "health", "education", "justice", "pager")
 
 
 @pytest.fixture
@@ -74,5 +75,42 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -
         with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
             await EventLog(operator, timeout=1.0).history(child)
         await operator.close()
+    await social.close()
+    await admin.close()
+
+
+async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedNats) -> None:
+    admin = await nats.connect(url_for(secured_server, "admin"))
+    await streams.provision(admin.jetstream())
+    social = await nats.connect(url_for(secured_server, "social"))
+    social_log = EventLog(social, timeout=2.0)
+    child = new_child()
+    seq = await social_log.record(request(child, Sector.SOCIAL, Sector.HEALTH))
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    pager_nc = await nats.connect(url_for(secured_server, "pager"), error_cb=on_error)
+    pager = HistoryPager(pager_nc, flush_after=0.05, timeout=2.0)
+    await pager.start()
+    try:
+        async def paged() -> bool:
+            return await pager_checkpoint(social) >= 1
+
+        await wait_for(paged, within=10)
+    finally:
+        await pager.stop()
+    # The sector reads the pages the pager wrote (its user may read REFBUS_PAGES).
+    pages, _ = await social_log.history_pages(child)
+    assert [p.seq for p in pages] == [seq]
+    assert not errors, errors  # everything the pager did was allowed, deletes and checkpoints included
+    # The pager cannot write an event.
+    with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
+        await pager_nc.jetstream().publish(subjects.event_subject(child, Sector.SOCIAL, Sector.HEALTH), b"{}",
+                                           timeout=1.0)
+    await asyncio.sleep(0.2)
+    assert any("permissions violation for publish" in str(e).lower() for e in errors), errors
+    await pager_nc.close()
     await social.close()
     await admin.close()

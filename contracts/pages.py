@@ -1,0 +1,53 @@
+"""History pages: many of one child's events in one message, so that a history is read in a few
+round trips instead of one message per event.
+
+The history pager (refbus.services.pager) writes them into REFBUS_PAGES from the child index. They
+are derived and disposable: the log REFBUS is the record, and a page only saves a reader work. The
+newest page on a child's subject is its manifest: it names the child's other live pages, and how
+far in REFBUS_CHILDREN they reach; what came after is read from the index itself.
+"""
+
+import msgspec
+
+PagedEvent = tuple[int, int, bytes]
+"(sequence in REFBUS, stored at in ns since the epoch, the event's bytes as stored)"
+
+
+class HistoryPage(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    events: list[PagedEvent]
+    "Consecutive events of one child, in log order."
+    covered_index_seq: int = 0
+    "Manifest only: the child's events in REFBUS_CHILDREN up to this sequence are in the pages."
+    runs: list[list[int]] = []
+    """Manifest only: the child's live pages before this one, run by run (a run is what one write
+    or merge produced), oldest first, as REFBUS_PAGES sequences. The last run is this page's own:
+    it lists the pages of that run written just before it, and the manifest ends it."""
+    run_events: list[int] = []
+    "Manifest only: the number of events in each run of `runs`."
+
+
+class PagerCheckpoint(msgspec.Struct, frozen=True):
+    """Where the pager resumes: every event of REFBUS_CHILDREN up to `index_seq` is in a page."""
+
+    index_seq: int
+
+
+_page_encoder = msgspec.msgpack.Encoder()
+_page_decoder = msgspec.msgpack.Decoder(HistoryPage)
+_checkpoint_decoder = msgspec.msgpack.Decoder(PagerCheckpoint)
+
+
+def encode_page(page: HistoryPage) -> bytes:
+    return _page_encoder.encode(page)
+
+
+def decode_page(data: bytes) -> HistoryPage:
+    return _page_decoder.decode(data)
+
+
+def encode_checkpoint(checkpoint: PagerCheckpoint) -> bytes:
+    return _page_encoder.encode(checkpoint)
+
+
+def decode_checkpoint(data: bytes) -> PagerCheckpoint:
+    return _checkpoint_decoder.decode(data)

@@ -1,0 +1,321 @@
+"""The history pager: keeps REFBUS_PAGES, one child's events many to a message, up to date.
+
+Why: read from the index, a history costs the reader one message per event (nats-py parses ~10
+headers each, ~35 µs), and the server walks every message block between the child's first and last
+event. A page holds up to PAGE_EVENTS events in one message, and merges keep a child's pages few
+and written together: a history is then a manifest, a handful of pages and a short recent tail.
+
+How: an ordered consumer reads the index from the last checkpoint. A child's new events wait in
+memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are written as a run of
+pages; a new run absorbs the runs before it that are no bigger than it (and any beyond MAX_RUNS), so
+a child has O(log n) runs and each event is rewritten O(log n) times. The run's last page is the
+child's manifest; pages it supersedes are deleted after it is acknowledged.
+
+Correctness never depends on the pager: a reader takes what the newest manifest names and reads the
+rest from the index. A pager that is behind, stopped or restarted makes reads slower, never wrong.
+"""
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from refbus.contracts import subjects
+from refbus.contracts.pages import (
+    HistoryPage,
+    PagedEvent,
+    PagerCheckpoint,
+    decode_checkpoint,
+    decode_page,
+    encode_checkpoint,
+    encode_page,
+)
+from refbus.services.core.eventlog import EventLog, delivered_position
+
+log = structlog.get_logger(__name__)
+
+# How long a child's new events may wait for their page. Longer: fewer, fuller pages; meanwhile
+# they are read from the index, from its newest blocks (which the server still holds in memory).
+FLUSH_AFTER_S = 5.0
+PAGE_EVENTS = 512
+PAGE_BYTES = 256 * 1024  # well under max_payload (1 MB)
+MAX_RUNS = 8
+FLUSHING_AT_ONCE = 32
+TICK_S = 0.25
+QUEUE_LIMIT = 20_000  # index messages taken in but not yet sorted to their child
+_PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
+_PAGES_DELETE = f"$JS.API.STREAM.MSG.DELETE.{subjects.PAGES_STREAM}"
+_CHILD_PREFIX = subjects.child_index_subject("")
+
+
+@dataclass(slots=True)
+class _Run:
+    seqs: list[int]
+    "Its pages in REFBUS_PAGES, the last one a manifest."
+    events: int
+
+
+@dataclass(slots=True)
+class _Child:
+    runs: list[_Run] = field(default_factory=list)
+    covered_index_seq: int = 0
+    pending: list[PagedEvent] = field(default_factory=list)
+    pending_from: int = 0
+    "Index sequence of the first pending event (0: none pending); holds the checkpoint back."
+    pending_to: int = 0
+    pending_since: float = 0.0
+    in_flight_from: int = 0
+    "Index sequence of the first event of a flush under way (0: none)."
+
+
+class HistoryPager:
+    def __init__(self, nc: NATS, flush_after: float = FLUSH_AFTER_S, timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.flush_after = flush_after
+        self.timeout = timeout
+        self.eventlog = EventLog(nc, timeout=timeout)
+        self.children: dict[str, _Child] = {}
+        self._dirty: dict[str, _Child] = {}
+        # (index sequence, stored at ns, subject, data, sequence in REFBUS)
+        self._queue: asyncio.Queue[tuple[int, int, str, bytes, int]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._resumed = False
+        self._last_seen = 0
+        self._checkpoint = 0
+        self._checkpoint_seq = 0
+        self._sub: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._flushing = asyncio.Semaphore(FLUSHING_AT_ONCE)
+        self.pages_written = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume after the last checkpoint. Children paged before it are looked up on first sight."""
+        found = await self._direct_get({"last_by_subj": subjects.PAGER_CHECKPOINT})
+        if found is not None:
+            self._checkpoint = decode_checkpoint(found.data).index_seq
+            self._checkpoint_seq = int(found.headers["Nats-Sequence"])  # type: ignore[index]
+        # Without a checkpoint no page needs extending: a pager that died before its first
+        # checkpoint left manifests that stay right until the new ones supersede them.
+        self._resumed = found is not None
+        self._last_seen = self._checkpoint
+        self._sub = await self.js.subscribe(
+            subjects.CHILD_INDEX_SUBJECTS,
+            stream=subjects.CHILD_INDEX_STREAM,
+            cb=self._on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=self._checkpoint + 1),
+            pending_msgs_limit=QUEUE_LIMIT * 4,
+        )
+        self._tasks = [asyncio.create_task(self._sort_loop()), asyncio.create_task(self._flush_loop())]
+        log.info("pager_started", resumed_after=self._checkpoint, flush_after_s=self.flush_after)
+
+    async def stop(self) -> None:
+        """Stop reading, page what is pending, checkpoint."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        try:
+            await asyncio.wait_for(self._queue.join(), self.timeout)
+        except TimeoutError:
+            log.warning("pager_stopped_with_unsorted_events", count=self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flush_due(force=True)
+        await self._write_checkpoint()
+        log.info("pager_stopped", checkpoint=self._checkpoint, pages_written=self.pages_written)
+
+    @property
+    def checkpoint(self) -> int:
+        return self._checkpoint
+
+    # -- taking events in ------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        index_seq, stored_ns = delivered_position(msg.reply)
+        log_seq = int((msg.headers or {})["Nats-Stream-Source"].split()[1])
+        await self._queue.put((index_seq, stored_ns, msg.subject, msg.data, log_seq))
+
+    async def _sort_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < QUEUE_LIMIT:
+                batch.append(self._queue.get_nowait())
+            try:
+                if self._resumed:
+                    await self._look_up_all({s.removeprefix(_CHILD_PREFIX) for _, _, s, _, _ in batch})
+                now = time.monotonic()
+                for index_seq, stored_ns, subject, data, log_seq in batch:
+                    name = subject.removeprefix(_CHILD_PREFIX)
+                    child = self.children.get(name)
+                    if child is None:
+                        child = self.children[name] = _Child()
+                    self._last_seen = index_seq
+                    if index_seq <= child.covered_index_seq:
+                        continue  # paged before a restart
+                    if not child.pending:
+                        child.pending_from, child.pending_since = index_seq, now
+                        self._dirty[name] = child
+                    child.pending.append((log_seq, stored_ns, data))
+                    child.pending_to = index_seq
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _look_up_all(self, names: set[str]) -> None:
+        unknown = names - self.children.keys()
+        while unknown:
+            try:
+                await asyncio.gather(*(self._look_up(name) for name in unknown))
+            except Exception:  # the server away for a moment: ask again, in order, before going on
+                log.warning("pager_look_up_failed", exc_info=True)
+                await asyncio.sleep(1.0)
+            unknown -= self.children.keys()
+
+    async def _look_up(self, name: str) -> None:
+        """A child's runs as its newest manifest names them (after a restart)."""
+        found = await self._direct_get({"last_by_subj": subjects.page_subject(name)})
+        child = _Child()
+        if found is not None:
+            manifest = decode_page(found.data)
+            child.runs = [_Run(list(seqs), n) for seqs, n in zip(manifest.runs, manifest.run_events, strict=True)]
+            child.runs[-1].seqs.append(int(found.headers["Nats-Sequence"]))  # type: ignore[index]
+            child.covered_index_seq = manifest.covered_index_seq
+        self.children.setdefault(name, child)
+
+    # -- writing pages ---------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self._flush_due()
+                await self._write_checkpoint()
+            except Exception:  # the server away for a moment: the next tick tries again
+                log.warning("pager_flush_failed", exc_info=True)
+
+    async def _flush_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        due = [
+            (name, child)
+            for name, child in self._dirty.items()
+            if child.pending
+            and not child.in_flight_from
+            and (force or now - child.pending_since >= self.flush_after or len(child.pending) >= PAGE_EVENTS)
+        ]
+        for _, child in due:
+            child.in_flight_from = child.pending_from  # one flush per child at a time, from now
+        await asyncio.gather(*(self._flush(name, child) for name, child in due))
+
+    async def _flush(self, name: str, child: _Child) -> None:
+        async with self._flushing:
+            events, first, last, since = child.pending, child.pending_from, child.pending_to, child.pending_since
+            child.pending, child.pending_from = [], 0
+            try:
+                kept, absorbed = list(child.runs), []
+                total = len(events)
+                while kept and (kept[-1].events <= total or len(kept) >= MAX_RUNS):
+                    run = kept.pop()
+                    absorbed.insert(0, run)
+                    total += run.events
+                merged = await self._events_of(name, absorbed, before_index_seq=first) + events
+                seqs = await self._write_run(name, merged, kept, last)
+                child.runs = [*kept, _Run(seqs, len(merged))]
+                child.covered_index_seq = last
+                await self._delete([seq for run in absorbed for seq in run.seqs])
+            except BaseException:  # also when cancelled: the events stay pending, the checkpoint held
+                child.pending = events + child.pending  # tried again on a later tick
+                child.pending_from, child.pending_since = first, since
+                raise
+            finally:
+                child.in_flight_from = 0
+                if not child.pending:
+                    self._dirty.pop(name, None)
+
+    async def _events_of(self, name: str, runs: list[_Run], before_index_seq: int) -> list[PagedEvent]:
+        seqs = [seq for run in runs for seq in run.seqs]
+        found = await asyncio.gather(*(self._direct_get({"seq": seq}) for seq in seqs))
+        if all(msg is not None for msg in found):
+            return [event for msg in found for event in decode_page(msg.data).events]  # type: ignore[union-attr]
+        # A page we wrote is gone (the stream was recreated, or edited by hand): start the child
+        # over from the index, up to where the events being flushed begin.
+        log.warning("pager_pages_missing", child=name, rebuilt_from="index")
+        return await self.eventlog.indexed_events(name, before_index_seq)
+
+    async def _write_run(self, name: str, events: list[PagedEvent], kept: list[_Run], covered: int) -> list[int]:
+        chunks: list[list[PagedEvent]] = [[]]
+        size = 0
+        for event in events:
+            if chunks[-1] and (len(chunks[-1]) >= PAGE_EVENTS or size + len(event[2]) > PAGE_BYTES):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(event)
+            size += len(event[2]) + 24
+        seqs = []
+        for chunk in chunks[:-1]:
+            seqs.append(await self._publish(subjects.page_data_subject(name), HistoryPage(chunk)))
+        manifest = HistoryPage(
+            chunks[-1],
+            covered_index_seq=covered,
+            runs=[run.seqs for run in kept] + [list(seqs)],
+            run_events=[run.events for run in kept] + [len(events)],
+        )
+        seqs.append(await self._publish(subjects.page_subject(name), manifest))
+        return seqs
+
+    async def _publish(self, subject: str, page: HistoryPage) -> int:
+        ack = await self.js.publish(subject, encode_page(page), timeout=self.timeout)
+        self.pages_written += 1
+        return ack.seq
+
+    async def _delete(self, seqs: list[int]) -> None:
+        # Best effort: a page left behind is only unused space; readers never see it again.
+        replies = await asyncio.gather(
+            *(self.nc.request(_PAGES_DELETE, json.dumps({"seq": s, "no_erase": True}).encode(), self.timeout)
+              for s in seqs),
+            return_exceptions=True,
+        )
+        failed = [r for r in replies if isinstance(r, BaseException) or b'"error"' in r.data]
+        if failed:
+            log.warning("pager_delete_failed", pages=len(failed), first=str(failed[0])[:200])
+
+    # -- the checkpoint --------------------------------------------------------------------------
+
+    async def _write_checkpoint(self) -> None:
+        held = [c.pending_from for c in self._dirty.values() if c.pending_from]
+        held += [c.in_flight_from for c in self._dirty.values() if c.in_flight_from]
+        checkpoint = (min(held) - 1) if held else self._last_seen
+        if checkpoint <= self._checkpoint:
+            return
+        ack = await self.js.publish(
+            subjects.PAGER_CHECKPOINT, encode_checkpoint(PagerCheckpoint(checkpoint)), timeout=self.timeout
+        )
+        previous, self._checkpoint, self._checkpoint_seq = self._checkpoint_seq, checkpoint, ack.seq
+        if previous:
+            await self._delete([previous])
+
+    async def _direct_get(self, request: dict[str, object]) -> Msg | None:
+        reply = await self.nc.request(_PAGES_GET, json.dumps(request).encode(), self.timeout)
+        status = (reply.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise RuntimeError(f"direct get {request}: {status} {(reply.headers or {}).get('Description')}")
+        return reply
+
+
+async def pager_checkpoint(nc: NATS) -> int:
+    """How far in REFBUS_CHILDREN the pages reach (0: not started)."""
+    reply = await nc.request(_PAGES_GET, json.dumps({"last_by_subj": subjects.PAGER_CHECKPOINT}).encode(), 5.0)
+    if (reply.headers or {}).get("Status"):
+        return 0
+    return decode_checkpoint(reply.data).index_seq

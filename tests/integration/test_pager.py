@@ -1,0 +1,108 @@
+"""The history pager on a real server: pages hold each of a child's events once, in order, merged
+into few runs; histories read through them equal the log; a restart resumes without loss or
+doubles; and reads stay right while the pager is behind or stopped."""
+
+import asyncio
+
+from refbus.contracts import subjects
+from refbus.contracts.events import ReferralReceived
+from refbus.contracts.pages import decode_page
+from refbus.services.core import streams
+from refbus.services.core.eventlog import EventLog
+from refbus.services.core.natsserver import EmbeddedNats
+from refbus.services.core.runtime import connect
+from refbus.services.pager.pager import MAX_RUNS, HistoryPager, pager_checkpoint
+from tests.factories import answer, new_child, request
+from tests.services import wait_for
+
+
+async def record_referrals(eventlog: EventLog, child: str, count: int) -> list[int]:
+    """`count` referrals for the child, each requested and received: 2 * count events."""
+    seqs = []
+    for _ in range(count):
+        req = request(child)
+        for event in (req, answer(ReferralReceived, req)):
+            seq = await eventlog.record(event)
+            assert seq is not None
+            seqs.append(seq)
+    return seqs
+
+
+async def paged_up_to_the_index(eventlog: EventLog) -> None:
+    index_last = (await eventlog.js.stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
+
+    async def caught_up() -> bool:
+        return await pager_checkpoint(eventlog.nc) >= index_last
+
+    await wait_for(caught_up, within=20)
+
+
+async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own_server: EmbeddedNats) -> None:
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    busy, quiet = new_child(), new_child()
+    recorded: dict[str, list[int]] = {busy: [], quiet: []}
+    pager = HistoryPager(nc, flush_after=0.05)
+    await pager.start()
+    try:
+        # Rounds of writes, each paged before the next: the busy child gets a run per round,
+        # and merges keep its runs few.
+        for round_ in range(12):
+            recorded[busy] += await record_referrals(eventlog, busy, 3 + round_)
+            if round_ % 4 == 0:
+                recorded[quiet] += await record_referrals(eventlog, quiet, 1)
+            await paged_up_to_the_index(eventlog)
+    finally:
+        await pager.stop()
+
+    for child, seqs in recorded.items():
+        paged, rest_from = await eventlog.history_pages(child)
+        assert [e.seq for e in paged] == seqs, "the pages hold each event once, in log order"
+        assert rest_from > 1
+        history = await eventlog.history(child)
+        assert [e.seq for e in history] == seqs
+        assert all(e.event is not None and e.event.child == child for e in history)
+    manifest = await nc.request(
+        f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}",
+        f'{{"last_by_subj": "{subjects.page_subject(busy)}"}}'.encode(),
+    )
+    runs = decode_page(manifest.data).runs
+    assert 1 <= len(runs) <= MAX_RUNS, runs
+    # Superseded pages were deleted: the stream holds the busy child's live pages, not 12 rounds' worth.
+    info = await nc.jetstream().stream_info(subjects.PAGES_STREAM, subjects_filter=subjects.page_subject(busy))
+    assert info.state.subjects is not None and info.state.subjects[subjects.page_subject(busy)] <= MAX_RUNS
+
+    # Written while no pager runs: read from the index, then paged by a new pager that resumes.
+    recorded[busy] += await record_referrals(eventlog, busy, 5)
+    assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
+    resumed = HistoryPager(nc, flush_after=0.05)
+    await resumed.start()
+    try:
+        await paged_up_to_the_index(eventlog)
+    finally:
+        await resumed.stop()
+    paged, _ = await eventlog.history_pages(busy)
+    assert [e.seq for e in paged] == recorded[busy], "resumed: nothing lost, nothing paged twice"
+    assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
+    await nc.close()
+
+
+async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNats) -> None:
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    child = new_child()
+    pager = HistoryPager(nc, flush_after=3600)  # holds everything back: nothing is paged yet
+    await pager.start()
+    try:
+        seqs = await record_referrals(eventlog, child, 4)
+        await asyncio.sleep(0.3)
+        assert (await eventlog.history_pages(child))[0] == []
+        assert [e.seq for e in await eventlog.history(child)] == seqs
+        assert await pager_checkpoint(nc) < seqs[0], "the checkpoint waits for the events held back"
+    finally:
+        await pager.stop()  # pages what it held
+    paged, _ = await eventlog.history_pages(child)
+    assert [e.seq for e in paged] == seqs
+    await nc.close()
