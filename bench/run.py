@@ -37,12 +37,14 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats
 from refbus.services.core.runtime import connect
+from refbus.services.pager.pager import pager_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW_STREAM = "BENCHRAW"
 APPEND_EVENTS = 100_000
 HISTORY_SIZES = (10_000, 100_000, 1_000_000)
 HISTORY_SAMPLES = 400
+REPLAY_TRIALS = 3
 LATENCY_RATE = 500  # referrals offered per second
 LATENCY_SECONDS = 20
 SWEEP_RATES = (100, 250)
@@ -149,6 +151,25 @@ async def index_catch_up(eventlog: EventLog, size: int) -> float:
     return round(time.perf_counter() - start, 2)
 
 
+async def pages_catch_up(eventlog: EventLog) -> float:
+    """Seconds until the history pager has paged the whole index (it trails a bulk load too; until
+    then reads take what is paged and the rest from the index)."""
+    start = time.perf_counter()
+    index_last = (await eventlog.js.stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
+    while await pager_checkpoint(eventlog.nc) < index_last:
+        assert time.perf_counter() - start < 300, "the pager did not catch up in 5 minutes"
+        await asyncio.sleep(0.2)
+    return round(time.perf_counter() - start, 2)
+
+
+def start_pager(url: str) -> subprocess.Popen[bytes]:
+    """The history pager as in production: its own process, at lower CPU priority (`refbus service pager`)."""
+    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "refbus.cli", "service", "pager"], env=env, stdout=subprocess.DEVNULL
+    )
+
+
 def sample_children(events: list[Event], count: int, seed: int, by_activity: bool) -> list[str]:
     """Children drawn uniformly (a typical child), or weighted by their number of events (the
     Zipf-heavy children, some with thousands of events, dominate)."""
@@ -226,10 +247,12 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
 async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS) -> dict[str, object]:
     server = EmbeddedNats(workdir).start()
     services: dict[Sector, subprocess.Popen[bytes]] = {}
+    pager: subprocess.Popen[bytes] | None = None
     try:
         nc = await connect(server.url, "bench-e2e")
         await streams.provision(nc.jetstream())
         services = start_services(server.url)
+        pager = start_pager(server.url)
         await asyncio.sleep(3)  # let each service connect and bind its inbox
         eventlog = EventLog(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
@@ -241,7 +264,11 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
         total = rate * seconds
         rng = random.Random(5)
         pending: set[asyncio.Task[object]] = set()
-        processes = {"nats-server": server.process.pid, **{s.value: p.pid for s, p in services.items()}}
+        processes = {
+            "nats-server": server.process.pid,
+            **{s.value: p.pid for s, p in services.items()},
+            "pager": pager.pid,
+        }
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         cpu_before["generator"] = time.process_time()
         start = time.perf_counter()
@@ -274,11 +301,13 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
                 delay = (stored.stored_at - requested[event.referral_id]).total_seconds()
                 (received if isinstance(event, ReferralReceived) else accepted).append(delay)
         memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
+        memory["pager"] = peak_rss_mb(pager.pid)
         await nc.close()
     finally:
-        for process in services.values():
+        others = [*services.values(), *([pager] if pager else [])]
+        for process in others:
             process.terminate()
-        for process in services.values():
+        for process in others:
             process.wait(10)
         server.stop()  # also when a measurement fails: no orphaned processes
     return {
@@ -336,6 +365,26 @@ async def measure_log(
     await js.add_stream(raw_config)
     eventlog = EventLog(nc, timeout=10)
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
+    pager = start_pager(server.url)
+    try:
+        return await measure_log_paged(nc, eventlog, results, pager, samples, pilot_file, fill_file, appended)
+    finally:
+        pager.terminate()
+        pager.wait(30)
+
+
+async def measure_log_paged(
+    nc: nats.NATS,
+    eventlog: EventLog,
+    results: dict[str, object],
+    pager: subprocess.Popen[bytes],
+    samples: dict[int, Samples],
+    pilot_file: Path,
+    fill_file: Path,
+    appended: list[list[Event]],
+) -> dict[str, object]:
+    js = nc.jetstream()
+    paging: dict[str, float] = {}
 
     print("ingesting the pilot with `refbus import`, measuring one child's history on the way ...", flush=True)
     history: dict[str, dict[str, dict[str, float]]] = {}
@@ -348,6 +397,7 @@ async def measure_log(
         imported, ingest_seconds = size, ingest_seconds + result.seconds
         catch_up[str(size)] = await index_catch_up(eventlog, size)
         if size in HISTORY_SIZES:
+            paging[str(size)] = await pages_catch_up(eventlog)
             history[str(size)] = await child_histories(eventlog, samples[size])
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
@@ -373,14 +423,20 @@ async def measure_log(
     assert info.state.messages == HISTORY_SIZES[-1], info.state.messages
     catch_up[str(HISTORY_SIZES[-1])] = await index_catch_up(eventlog, HISTORY_SIZES[-1])
     results["index_catch_up_after_ingest_s"] = catch_up
+    paging[str(HISTORY_SIZES[-1])] = await pages_catch_up(eventlog)
+    results["pages_catch_up_after_ingest_s"] = paging
+    pages_info = await js.stream_info(subjects.PAGES_STREAM)
+    results["pages_stream"] = {"messages": pages_info.state.messages, "bytes": pages_info.state.bytes}
+    results["pager_cpu_s_until_1m"] = round(cpu_seconds(pager.pid), 1)
     history[str(HISTORY_SIZES[-1])] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]])
     results["child_history_ms"] = history
     # The headline: a typical child. The activity-weighted figures are beside it in child_history_ms.
     results["child_history_p99_ms"] = {size: h["uniform"]["p99"] for size, h in history.items()}
 
-    print("replaying the whole log, twice: raw ordered consumer, then refbus (decoded events) ...", flush=True)
+    print(f"replaying the whole log {REPLAY_TRIALS} times: raw ordered consumer, then refbus (decoded events) ...",
+          flush=True)
     replays: dict[str, list[float]] = {"raw_ordered_consumer": [], "refbus": []}
-    for _ in range(2):  # in turns, best of each, as for appends
+    for _ in range(REPLAY_TRIALS):  # in turns, best of each, as for appends
         replays["raw_ordered_consumer"].append(await raw_replay(nc, info.state.messages))
         our_rate, count = await our_replay(eventlog)
         assert count == info.state.messages
@@ -452,6 +508,13 @@ def table(results: dict) -> str:
             f"{'child history at ' + format(int(size), ',') + ' events, p50/p99 ms':<46}"
             f"{uniform['p50']:>7}/{uniform['p99']:<8}(again {again['p50']}/{again['p99']};"
             f" by activity {weighted['p50']}/{weighted['p99']})   p99 <= 5, flat"
+        )
+    if "pages_stream" in results:
+        waits = "/".join(str(v) for v in results["pages_catch_up_after_ingest_s"].values())
+        lines.append(
+            f"{'   history pages: pager caught up after, s':<46}{waits:>14}   "
+            f"({results['pages_stream']['messages']:,} pages, {results['pages_stream']['bytes'] / 1e6:.0f} MB;"
+            f" pager CPU {results['pager_cpu_s_until_1m']} s)"
         )
     for name in ("request_to_received_ms", "request_to_accepted_ms"):
         stats = e[name]

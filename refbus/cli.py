@@ -146,7 +146,7 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     if settings.nats_url is None:
         settings = Settings.from_env(nats_url="nats://127.0.0.1:4222", data_dir=settings.data_dir)
     if args.sector == PAGER:
-        os.nice(10)  # background work: the sector services on the same machine come first
+        os.nice(19)  # background work: the sector services on the same machine come first
         app = pager_app(settings)
     else:
         app = sector_app_factory(Sector(args.sector))(settings)
