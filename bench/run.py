@@ -231,6 +231,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class PagerProcess:
+    """The pager across the log measurements: stopped while appends are measured (like the sector
+    services it is a consumer, and the raw side has none), restarted after (it resumes from its
+    checkpoint), and stopped for good once it has paged the million events; its CPU time and peak
+    memory over its lives."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process: subprocess.Popen[bytes] | None = None
+        self.cpu_s = 0.0
+        self.peak_rss_mb = 0.0
+
+    def start(self) -> None:
+        self.process = start_pager(self.url)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.cpu_s += cpu_seconds(self.process.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb(self.process.pid))
+        self.process.terminate()  # it pages what it holds and checkpoints on the way out
+        self.process.wait(60)
+        self.process = None
+
+
 def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
     env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_SIM_SPEED": str(SIM_SPEED), "REFBUS_LOG_LEVEL": "WARNING"}
     return {
@@ -365,19 +390,19 @@ async def measure_log(
     await js.add_stream(raw_config)
     eventlog = EventLog(nc, timeout=10)
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
-    pager = start_pager(server.url)
+    pager = PagerProcess(server.url)
+    pager.start()
     try:
         return await measure_log_paged(nc, eventlog, results, pager, samples, pilot_file, fill_file, appended)
     finally:
-        pager.terminate()
-        pager.wait(30)
+        pager.stop()
 
 
 async def measure_log_paged(
     nc: nats.NATS,
     eventlog: EventLog,
     results: dict[str, object],
-    pager: subprocess.Popen[bytes],
+    pager: PagerProcess,
     samples: dict[int, Samples],
     pilot_file: Path,
     fill_file: Path,
@@ -402,6 +427,7 @@ async def measure_log_paged(
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
 
+    pager.stop()
     print(f"appending 2 x {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...", flush=True)
     # Atomic batches and refbus take turns, twice, each with fresh events; the best of each counts
     # (this machine's throughput wanders by a quarter from one second to the next).
@@ -416,6 +442,7 @@ async def measure_log_paged(
     results["append_trials_events_per_s"] = {k: [round(x) for x in v] for k, v in trials.items()}
     results["append_ratio"] = round(rates["refbus_group_commit"] / ceiling, 3)
 
+    pager.start()
     print("filling the log to 1,000,000 events ...", flush=True)
     result = await import_jsonl(eventlog, fill_file)
     assert not result.refused, result.refused[:3]
@@ -427,7 +454,9 @@ async def measure_log_paged(
     results["pages_catch_up_after_ingest_s"] = paging
     pages_info = await js.stream_info(subjects.PAGES_STREAM)
     results["pages_stream"] = {"messages": pages_info.state.messages, "bytes": pages_info.state.bytes}
-    results["pager_cpu_s_until_1m"] = round(cpu_seconds(pager.pid), 1)
+    pager.stop()
+    results["pager_cpu_s_until_1m"] = round(pager.cpu_s, 1)
+    results["pager_peak_rss_mb_until_1m"] = pager.peak_rss_mb
     history[str(HISTORY_SIZES[-1])] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]])
     results["child_history_ms"] = history
     # The headline: a typical child. The activity-weighted figures are beside it in child_history_ms.
@@ -514,7 +543,7 @@ def table(results: dict) -> str:
         lines.append(
             f"{'   history pages: pager caught up after, s':<46}{waits:>14}   "
             f"({results['pages_stream']['messages']:,} pages, {results['pages_stream']['bytes'] / 1e6:.0f} MB;"
-            f" pager CPU {results['pager_cpu_s_until_1m']} s)"
+            f" pager CPU {results['pager_cpu_s_until_1m']} s, peak RSS {results['pager_peak_rss_mb_until_1m']} MB)"
         )
     for name in ("request_to_received_ms", "request_to_accepted_ms"):
         stats = e[name]

@@ -5,7 +5,7 @@ headers each, ~35 µs), and the server walks every message block between the chi
 event. A page holds up to PAGE_EVENTS events in one message, and merges keep a child's pages few
 and written together: a history is then a manifest, a handful of pages and a short recent tail.
 
-How: an ordered consumer reads the index from the last checkpoint. A child's new events wait in
+How: a pull consumer reads the index from the last checkpoint, a batch at a time. A child's new events wait in
 memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are written as a run of
 pages; a new run absorbs the runs before it that are no bigger than it (and any beyond MAX_RUNS), so
 a child has O(log n) runs and each event is rewritten O(log n) times. The run's last page is the
@@ -16,6 +16,7 @@ rest from the index. A pager that is behind, stopped or restarted makes reads sl
 """
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import subjects
 from refbus.contracts.pages import (
@@ -48,7 +50,9 @@ PAGE_BYTES = 256 * 1024  # well under max_payload (1 MB)
 MAX_RUNS = 8
 FLUSHING_AT_ONCE = 32
 TICK_S = 0.25
-QUEUE_LIMIT = 20_000  # index messages taken in but not yet sorted to their child
+FETCH_BATCH = 1000
+FETCH_WAIT_S = 2.0
+LOOK_UPS_AT_ONCE = 64
 _PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 _PAGES_DELETE = f"$JS.API.STREAM.MSG.DELETE.{subjects.PAGES_STREAM}"
 _CHILD_PREFIX = subjects.child_index_subject("")
@@ -83,15 +87,13 @@ class HistoryPager:
         self.eventlog = EventLog(nc, timeout=timeout)
         self.children: dict[str, _Child] = {}
         self._dirty: dict[str, _Child] = {}
-        # (index sequence, stored at ns, subject, data, sequence in REFBUS)
-        self._queue: asyncio.Queue[tuple[int, int, str, bytes, int]] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._resumed = False
         self._last_seen = 0
         self._checkpoint = 0
         self._checkpoint_seq = 0
-        self._sub: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._flushing = asyncio.Semaphore(FLUSHING_AT_ONCE)
+        self._looking_up = asyncio.Semaphore(LOOK_UPS_AT_ONCE)
         self.pages_written = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -106,27 +108,11 @@ class HistoryPager:
         # checkpoint left manifests that stay right until the new ones supersede them.
         self._resumed = found is not None
         self._last_seen = self._checkpoint
-        self._sub = await self.js.subscribe(
-            subjects.CHILD_INDEX_SUBJECTS,
-            stream=subjects.CHILD_INDEX_STREAM,
-            cb=self._on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=self._checkpoint + 1),
-            pending_msgs_limit=QUEUE_LIMIT * 4,
-        )
-        self._tasks = [asyncio.create_task(self._sort_loop()), asyncio.create_task(self._flush_loop())]
+        self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._flush_loop())]
         log.info("pager_started", resumed_after=self._checkpoint, flush_after_s=self.flush_after)
 
     async def stop(self) -> None:
         """Stop reading, page what is pending, checkpoint."""
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-        try:
-            await asyncio.wait_for(self._queue.join(), self.timeout)
-        except TimeoutError:
-            log.warning("pager_stopped_with_unsorted_events", count=self._queue.qsize())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -140,36 +126,67 @@ class HistoryPager:
 
     # -- taking events in ------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
-        index_seq, stored_ns = delivered_position(msg.reply)
-        log_seq = int((msg.headers or {})["Nats-Stream-Source"].split()[1])
-        await self._queue.put((index_seq, stored_ns, msg.subject, msg.data, log_seq))
-
-    async def _sort_loop(self) -> None:
+    async def _read_loop(self) -> None:
+        """Pull the index in order, a batch at a time, asking for the next batch only when this one
+        is sorted. (An ordered push consumer outruns a slow pager, and nats-py drops what overflows
+        its buffer after counting it as delivered: events would go missing without a sign.) The
+        index is never deleted from, so its sequences are contiguous: a gap is a lost delivery, and
+        the consumer is made again from the last event sorted."""
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < QUEUE_LIMIT:
-                batch.append(self._queue.get_nowait())
+            consumer: JetStreamContext.PullSubscription | None = None
             try:
-                if self._resumed:
-                    await self._look_up_all({s.removeprefix(_CHILD_PREFIX) for _, _, s, _, _ in batch})
-                now = time.monotonic()
-                for index_seq, stored_ns, subject, data, log_seq in batch:
-                    name = subject.removeprefix(_CHILD_PREFIX)
-                    child = self.children.get(name)
-                    if child is None:
-                        child = self.children[name] = _Child()
-                    self._last_seen = index_seq
-                    if index_seq <= child.covered_index_seq:
-                        continue  # paged before a restart
-                    if not child.pending:
-                        child.pending_from, child.pending_since = index_seq, now
-                        self._dirty[name] = child
-                    child.pending.append((log_seq, stored_ns, data))
-                    child.pending_to = index_seq
+                consumer = await self.js.pull_subscribe(
+                    subjects.CHILD_INDEX_SUBJECTS,
+                    stream=subjects.CHILD_INDEX_STREAM,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.NONE,
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                        opt_start_seq=self._last_seen + 1,
+                        inactive_threshold=60.0,
+                        mem_storage=True,
+                    ),
+                )
+                while True:
+                    try:
+                        batch = await consumer.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                    except NatsTimeoutError:
+                        continue  # nothing new
+                    if not await self._sort(batch):
+                        log.warning("pager_delivery_gap", after=self._last_seen)
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the server away for a moment: start again from the last event sorted
+                log.warning("pager_read_failed", after=self._last_seen, exc_info=True)
+                await asyncio.sleep(1.0)
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                if consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await consumer.unsubscribe()
+
+    async def _sort(self, batch: list[Msg]) -> bool:
+        """Hand each event of the batch to its child; False at a gap (the rest is read again)."""
+        if self._resumed:
+            await self._look_up_all({msg.subject.removeprefix(_CHILD_PREFIX) for msg in batch})
+        now = time.monotonic()
+        for msg in batch:
+            index_seq, stored_ns = delivered_position(msg.reply)
+            if index_seq != self._last_seen + 1:
+                return False
+            self._last_seen = index_seq
+            name = msg.subject.removeprefix(_CHILD_PREFIX)
+            child = self.children.get(name)
+            if child is None:
+                child = self.children[name] = _Child()
+            if index_seq <= child.covered_index_seq:
+                continue  # paged before a restart
+            if not child.pending:
+                child.pending_from, child.pending_since = index_seq, now
+                self._dirty[name] = child
+            log_seq = int((msg.headers or {})["Nats-Stream-Source"].split()[1])
+            child.pending.append((log_seq, stored_ns, msg.data))
+            child.pending_to = index_seq
+        return True
 
     async def _look_up_all(self, names: set[str]) -> None:
         unknown = names - self.children.keys()
@@ -183,7 +200,8 @@ class HistoryPager:
 
     async def _look_up(self, name: str) -> None:
         """A child's runs as its newest manifest names them (after a restart)."""
-        found = await self._direct_get({"last_by_subj": subjects.page_subject(name)})
+        async with self._looking_up:
+            found = await self._direct_get({"last_by_subj": subjects.page_subject(name)})
         child = _Child()
         if found is not None:
             manifest = decode_page(found.data)

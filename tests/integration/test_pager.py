@@ -7,8 +7,10 @@ import asyncio
 from refbus.contracts import subjects
 from refbus.contracts.events import ReferralReceived
 from refbus.contracts.pages import decode_page
+from refbus.registry import pilot_events
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
+from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.core.runtime import connect
 from refbus.services.pager.pager import MAX_RUNS, HistoryPager, pager_checkpoint
@@ -105,4 +107,32 @@ async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNat
         await pager.stop()  # pages what it held
     paged, _ = await eventlog.history_pages(child)
     assert [e.seq for e in paged] == seqs
+    await nc.close()
+
+
+async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_server: EmbeddedNats) -> None:
+    """Thousands of events over hundreds of children, written while no pager runs: a new pager
+    pages them all, and after more are written, a pager resuming from the checkpoint completes them."""
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    events = pilot_events(children=300, total=8000, seed=11)
+    children = {e.child for e in events}
+    writer = GroupCommitWriter(eventlog)
+    for part in (events[:4000], events[4000:]):
+        report = await writer.write(part)
+        assert report.stored == len(part) and not report.refused
+        pager = HistoryPager(nc, flush_after=0.1)
+        await pager.start()
+        try:
+            await paged_up_to_the_index(eventlog)
+        finally:
+            await pager.stop()
+    incomplete = []
+    for child in children:
+        paged, _ = await eventlog.history_pages(child)
+        indexed = await eventlog.history(child, paged=False)
+        if [(e.seq, e.stored_at, e.event) for e in paged] != [(e.seq, e.stored_at, e.event) for e in indexed]:
+            incomplete.append(child)
+    assert not incomplete, f"{len(incomplete)} of {len(children)} children not paged exactly"
     await nc.close()
