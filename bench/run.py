@@ -162,6 +162,15 @@ async def pages_catch_up(eventlog: EventLog) -> float:
     return round(time.perf_counter() - start, 2)
 
 
+async def pages_complete(eventlog: EventLog, children: list[str]) -> str:
+    """Once the pager has caught up, each child's pages hold exactly its events in the index."""
+    counts = await eventlog.children()
+    for child in set(children):
+        paged, _ = await eventlog.history_pages(child)
+        assert len(paged) == counts[child], f"{child}: {len(paged)} paged of {counts[child]}"
+    return f"{len(set(children))} children: pages hold every event"
+
+
 def start_pager(url: str) -> subprocess.Popen[bytes]:
     """The history pager as in production: its own process, at lower CPU priority (`refbus service pager`)."""
     env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
@@ -452,6 +461,7 @@ async def measure_log_paged(
     results["index_catch_up_after_ingest_s"] = catch_up
     paging[str(HISTORY_SIZES[-1])] = await pages_catch_up(eventlog)
     results["pages_catch_up_after_ingest_s"] = paging
+    results["pages_checked"] = await pages_complete(eventlog, samples[HISTORY_SIZES[-1]]["uniform"])
     pages_info = await js.stream_info(subjects.PAGES_STREAM)
     results["pages_stream"] = {"messages": pages_info.state.messages, "bytes": pages_info.state.bytes}
     pager.stop()

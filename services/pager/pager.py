@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import subjects
@@ -51,11 +49,38 @@ MAX_RUNS = 8
 FLUSHING_AT_ONCE = 32
 TICK_S = 0.25
 FETCH_BATCH = 1000
-FETCH_WAIT_S = 2.0
+FETCH_WAIT_S = 0.1
 LOOK_UPS_AT_ONCE = 64
 _PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 _PAGES_DELETE = f"$JS.API.STREAM.MSG.DELETE.{subjects.PAGES_STREAM}"
 _CHILD_PREFIX = subjects.child_index_subject("")
+
+
+class _PullRequest:
+    """The messages one pull request brings, delivered into a callback (no task or timer each)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        self.owed = 0
+        self.failure = ""
+        self.done = asyncio.Event()
+
+    def begin(self, batch: int) -> None:
+        self.messages, self.owed, self.failure = [], batch, ""
+        self.done.clear()
+
+    async def on_message(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status")
+        if status is None:
+            self.messages.append(msg)
+            self.owed -= 1
+            if self.owed <= 0:
+                self.done.set()
+        elif status in ("404", "408"):  # nothing (more) to deliver before the request expired
+            self.done.set()
+        elif status != "100":  # 409: a leadership change, the consumer gone, ...
+            self.failure = f"{status} {(msg.headers or {}).get('Description')}"
+            self.done.set()
 
 
 @dataclass(slots=True)
@@ -127,18 +152,22 @@ class HistoryPager:
     # -- taking events in ------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        """Pull the index in order, a batch at a time, asking for the next batch only when this one
-        is sorted. (An ordered push consumer outruns a slow pager, and nats-py drops what overflows
-        its buffer after counting it as delivered: events would go missing without a sign.) The
-        index is never deleted from, so its sequences are contiguous: a gap is a lost delivery, and
-        the consumer is made again from the last event sorted."""
+        """Read the index in order through a consumer of our own (no acks), one pull request of up
+        to FETCH_BATCH messages at a time, the next one asked for when this batch is sorted: the
+        pager never holds more than a batch it has not sorted. (An ordered push consumer outruns a
+        slow pager, and nats-py drops what overflows its buffer after counting it as delivered, so
+        events went missing without a sign; nats-py's fetch costs a task and a timer per message.)
+        The index is never deleted from, so its sequences are contiguous: a gap is a lost delivery,
+        and the consumer is made again from the last event sorted, as after any error."""
         while True:
-            consumer: JetStreamContext.PullSubscription | None = None
+            consumer, reply = "", ""
             try:
-                consumer = await self.js.pull_subscribe(
-                    subjects.CHILD_INDEX_SUBJECTS,
-                    stream=subjects.CHILD_INDEX_STREAM,
-                    config=ConsumerConfig(
+                consumer = self.nc.new_inbox().rpartition(".")[2]
+                await self.js.add_consumer(
+                    subjects.CHILD_INDEX_STREAM,
+                    ConsumerConfig(
+                        name=consumer,
+                        filter_subject=subjects.CHILD_INDEX_SUBJECTS,
                         ack_policy=AckPolicy.NONE,
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                         opt_start_seq=self._last_seen + 1,
@@ -146,23 +175,38 @@ class HistoryPager:
                         mem_storage=True,
                     ),
                 )
-                while True:
-                    try:
-                        batch = await consumer.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
-                    except NatsTimeoutError:
-                        continue  # nothing new
-                    if not await self._sort(batch):
-                        log.warning("pager_delivery_gap", after=self._last_seen)
-                        break
+                reply = self.nc.new_inbox()
+                pull = _PullRequest()
+                subscription = await self.nc.subscribe(reply, cb=pull.on_message)
+                # Each request gathers what comes within FETCH_WAIT_S: ten requests a second when
+                # quiet, one per FETCH_BATCH events under load.
+                request = json.dumps({"batch": FETCH_BATCH, "expires": int(FETCH_WAIT_S * 1e9)}).encode()
+                try:
+                    while True:
+                        pull.begin(FETCH_BATCH)
+                        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CHILD_INDEX_STREAM}.{consumer}",
+                                              request, reply=reply)
+                        try:
+                            await asyncio.wait_for(pull.done.wait(), FETCH_WAIT_S + self.timeout)
+                        except asyncio.CancelledError:
+                            await self._sort(pull.messages)  # stopping: what came is paged on the way out
+                            raise
+                        if not await self._sort(pull.messages):
+                            log.warning("pager_delivery_gap", after=self._last_seen)
+                            break
+                        if pull.failure:
+                            raise RuntimeError(f"pull request ended: {pull.failure}")
+                finally:
+                    await subscription.unsubscribe()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the server away for a moment: start again from the last event sorted
                 log.warning("pager_read_failed", after=self._last_seen, exc_info=True)
                 await asyncio.sleep(1.0)
             finally:
-                if consumer is not None:
+                if consumer:
                     with contextlib.suppress(Exception):
-                        await consumer.unsubscribe()
+                        await self.js.delete_consumer(subjects.CHILD_INDEX_STREAM, consumer)
 
     async def _sort(self, batch: list[Msg]) -> bool:
         """Hand each event of the batch to its child; False at a gap (the rest is read again)."""
