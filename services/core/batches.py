@@ -7,6 +7,7 @@ import json
 import uuid
 
 from nats.aio.client import Client as NATS
+from nats.protocol.command import hpub_cmd
 
 Message = tuple[str, bytes, dict[str, str]]
 
@@ -20,7 +21,7 @@ async def publish_batch(nc: NATS, messages: list[Message], wait: float) -> dict[
         headers["Nats-Batch-Id"] = batch_id
         headers["Nats-Batch-Sequence"] = str(number)
         if number < last:
-            await nc.publish(subject, payload, headers=headers)
+            await publish_unchecked(nc, subject, payload, headers)
     subject, payload, headers = messages[-1]
     headers["Nats-Batch-Commit"] = "1"
     reply = await nc.request(subject, payload, timeout=wait, headers=headers)
@@ -30,3 +31,25 @@ async def publish_batch(nc: NATS, messages: list[Message], wait: float) -> dict[
 def first_sequence(ack: dict[str, object], size: int) -> int:
     """The stream sequence of a stored batch's first message (the PubAck names the last)."""
     return int(ack["seq"]) - int(ack.get("count", size)) + 1  # type: ignore[call-overload]
+
+
+def hpub_frame(subject: str, payload: bytes, headers: dict[str, str]) -> bytes:
+    """The protocol frame nats-py's publish sends for these headers, without a reply subject."""
+    block = "".join(["NATS/1.0\r\n", *(f"{key}: {value}\r\n" for key, value in headers.items()), "\r\n"])
+    return hpub_cmd(subject, "", block.encode(), payload)
+
+
+async def publish_unchecked(nc: NATS, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+    """nc.publish without its checks of each header (a regex and a translation per header: 7 of the
+    ~10 µs a batch message cost the writer, measured with py-spy). Our headers are constant names
+    with values that cannot hold a line break (ids, numbers, the subjects of validated child
+    references, type tags). Anything out of the ordinary (not connected, draining, too large)
+    goes through nc.publish, which buffers or raises as it should."""
+    if not nc.is_connected or nc.is_draining_pubs or len(payload) > nc.max_payload:
+        await nc.publish(subject, payload, headers=headers)
+        return
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(payload)
+    await nc._send_command(hpub_frame(subject, payload, headers))
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()

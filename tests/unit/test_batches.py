@@ -1,0 +1,34 @@
+"""The batch writer's own publish frame is byte for byte the one nats-py's publish sends."""
+
+import asyncio
+
+from nats.aio.client import Client
+
+from refbus.services.core.batches import hpub_frame
+
+
+class _Capture:
+    """Just what Client._send_publish touches."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.stats = {"out_msgs": 0, "out_bytes": 0}
+        self._flush_queue = None
+
+    async def _send_command(self, command: bytes, priority: bool = False) -> None:
+        self.sent.append(command)
+
+
+def test_the_frame_equals_nats_py_s() -> None:
+    headers = {
+        "Nats-Msg-Id": "0c6f1f7e-3c1a-4b8e-9a57-1d2f0e6b9c41",
+        "Refbus-Event-Type": "referral.received",
+        "Nats-Expected-Last-Subject-Sequence": "123456",
+        "Nats-Expected-Last-Subject-Sequence-Subject": "refbus.ev.c0123456789abcdef.>",
+        "Nats-Batch-Id": "9f0e6b9c41d2f0e6b9c419f0e6b9c41d",
+        "Nats-Batch-Sequence": "17",
+    }
+    subject, payload = "refbus.ev.c0123456789abcdef.social.health", b'{"type":"referral.received"}'
+    capture = _Capture()
+    asyncio.run(Client._send_publish(capture, subject, "", payload, len(payload), headers))  # type: ignore[arg-type]
+    assert capture.sent == [hpub_frame(subject, payload, headers)]
