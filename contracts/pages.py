@@ -7,7 +7,11 @@ newest page on a child's subject is its manifest: it names the child's other liv
 far in REFBUS_CHILDREN they reach; what came after is read from the index itself.
 """
 
+import itertools
+
 import msgspec
+
+from refbus.contracts import subjects
 
 PagedEvent = tuple[int, int, bytes]
 "(sequence in REFBUS, stored at in ns since the epoch, the event's bytes as stored)"
@@ -51,3 +55,17 @@ def encode_checkpoint(checkpoint: PagerCheckpoint) -> bytes:
 
 def decode_checkpoint(data: bytes) -> PagerCheckpoint:
     return _checkpoint_decoder.decode(data)
+
+
+def checked_events(child: str, found: list[tuple[str, HistoryPage]], expected: int) -> list[PagedEvent] | None:
+    """The events of pages read back (subject, page), if they are what a manifest promised: each
+    page the child's own, `expected` events in all, in strictly increasing log order. None
+    otherwise: a page lost with a server's unsynced writes and its sequence reused by another
+    page would fail one of these, and the reader then takes the index instead."""
+    own = (subjects.page_subject(child), subjects.page_data_subject(child))
+    if any(subject not in own for subject, _ in found):
+        return None
+    events = [event for _, page in found for event in page.events]
+    if len(events) != expected or any(a[0] >= b[0] for a, b in itertools.pairwise(events)):
+        return None
+    return events

@@ -7,7 +7,6 @@ concurrent writer is detected instead of overwritten.
 """
 
 import asyncio
-import itertools
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -395,10 +394,10 @@ class EventLog:
             earlier = await asyncio.gather(*(self._page_get({"seq": seq}) for run in page.runs for seq in run))
             if any(msg is None for msg in earlier):
                 continue
-            events = [event for msg in earlier for event in pages.decode_page(msg.data).events]  # type: ignore[union-attr]
-            events += page.events
-            if any(a[0] >= b[0] for a, b in itertools.pairwise(events)):
-                log.warning("history_pages_out_of_order", child=child)
+            found = [(_subject_of(msg), pages.decode_page(msg.data)) for msg in earlier]  # type: ignore[arg-type]
+            events = pages.checked_events(child, [*found, (_subject_of(manifest), page)], sum(page.run_events))
+            if events is None:
+                log.warning("history_pages_inconsistent", child=child)
                 return [], 1
             return [_decoded(seq, datetime_from_ns(ns), data) for seq, ns, data in events], page.covered_index_seq + 1
         return [], 1
@@ -454,6 +453,10 @@ class EventLog:
 
 async def _nothing(value: _T) -> _T:
     return value
+
+
+def _subject_of(reply: Msg) -> str:
+    return (reply.headers or {}).get("Nats-Subject", "")
 
 
 def _upto(found: list[StoredEvent], upto_seq: int | None) -> list[StoredEvent]:

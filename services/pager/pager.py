@@ -31,6 +31,7 @@ from refbus.contracts.pages import (
     HistoryPage,
     PagedEvent,
     PagerCheckpoint,
+    checked_events,
     decode_checkpoint,
     decode_page,
     encode_checkpoint,
@@ -101,6 +102,8 @@ class _Child:
     pending_since: float = 0.0
     in_flight_from: int = 0
     "Index sequence of the first event of a flush under way (0: none)."
+    trusted: bool = True
+    "False after a server disruption: the runs in memory may name pages the server lost."
 
 
 class HistoryPager:
@@ -202,6 +205,10 @@ class HistoryPager:
                 raise
             except Exception:  # the server away for a moment: start again from the last event sorted
                 log.warning("pager_read_failed", after=self._last_seen, exc_info=True)
+                # If it restarted, it may have lost its last unsynced writes (REFBUS_PAGES persists
+                # asynchronously), pages included, and may give their sequences to new pages.
+                for child in self.children.values():
+                    child.trusted = False
                 await asyncio.sleep(1.0)
             finally:
                 if consumer:
@@ -285,14 +292,24 @@ class HistoryPager:
             try:
                 kept, absorbed = list(child.runs), []
                 total = len(events)
-                while kept and (kept[-1].events <= total or len(kept) >= MAX_RUNS):
+                # A child not trusted since a server disruption has all its pages read back
+                # (and checked) once, merged into one run.
+                while kept and (kept[-1].events <= total or len(kept) >= MAX_RUNS or not child.trusted):
                     run = kept.pop()
                     absorbed.insert(0, run)
                     total += run.events
-                merged = await self._events_of(name, absorbed, before_index_seq=first) + events
+                older = await self._events_of(name, absorbed, events[0][0])
+                if older is None:
+                    # A page is gone or not as written (a server that lost its last unsynced writes
+                    # may reuse their sequences): the child starts over from the index.
+                    log.warning("pager_pages_not_as_written", child=name, rebuilt_from="index")
+                    absorbed, kept = [*kept, *absorbed], []
+                    older = await self.eventlog.indexed_events(name, before_index_seq=first)
+                merged = older + events
                 seqs = await self._write_run(name, merged, kept, last)
                 child.runs = [*kept, _Run(seqs, len(merged))]
                 child.covered_index_seq = last
+                child.trusted = True
                 await self._delete([seq for run in absorbed for seq in run.seqs])
             except BaseException:  # also when cancelled: the events stay pending, the checkpoint held
                 child.pending = events + child.pending  # tried again on a later tick
@@ -303,15 +320,16 @@ class HistoryPager:
                 if not child.pending:
                     self._dirty.pop(name, None)
 
-    async def _events_of(self, name: str, runs: list[_Run], before_index_seq: int) -> list[PagedEvent]:
-        seqs = [seq for run in runs for seq in run.seqs]
-        found = await asyncio.gather(*(self._direct_get({"seq": seq}) for seq in seqs))
-        if all(msg is not None for msg in found):
-            return [event for msg in found for event in decode_page(msg.data).events]  # type: ignore[union-attr]
-        # A page we wrote is gone (the stream was recreated, or edited by hand): start the child
-        # over from the index, up to where the events being flushed begin.
-        log.warning("pager_pages_missing", child=name, rebuilt_from="index")
-        return await self.eventlog.indexed_events(name, before_index_seq)
+    async def _events_of(self, name: str, runs: list[_Run], before_log_seq: int) -> list[PagedEvent] | None:
+        """The events of runs about to be merged, read back and checked (None: not as written)."""
+        found = await asyncio.gather(*(self._direct_get({"seq": seq}) for run in runs for seq in run.seqs))
+        if any(msg is None for msg in found):
+            return None
+        pages = [((msg.headers or {}).get("Nats-Subject", ""), decode_page(msg.data)) for msg in found]  # type: ignore[union-attr]
+        events = checked_events(name, pages, sum(run.events for run in runs))
+        if events is None or (events and events[-1][0] >= before_log_seq):
+            return None
+        return events
 
     async def _write_run(self, name: str, events: list[PagedEvent], kept: list[_Run], covered: int) -> list[int]:
         chunks: list[list[PagedEvent]] = [[]]

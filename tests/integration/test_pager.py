@@ -136,3 +136,47 @@ async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_ser
             incomplete.append(child)
     assert not incomplete, f"{len(incomplete)} of {len(children)} children not paged exactly"
     await nc.close()
+
+
+async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_server: EmbeddedNats) -> None:
+    """As after a crash that loses a server's last unsynced writes: a page a manifest names is
+    gone. Readers notice and read the index; after the server's restart the pager checks the
+    child's pages, finds the hole and starts the child over from the index."""
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    child = new_child()
+    pager = HistoryPager(nc, flush_after=0.05, timeout=2.0)
+    await pager.start()
+    try:
+        seqs = []
+        for count in (8, 1):  # a run of 16 events, then one of 2 beside it (not merged: 16 > 2)
+            seqs += await record_referrals(eventlog, child, count)
+            await paged_up_to_the_index(eventlog)
+        manifest = decode_page((await nc.request(
+            f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}",
+            f'{{"last_by_subj": "{subjects.page_subject(child)}"}}'.encode(),
+        )).data)
+        assert len(manifest.runs) == 2 and manifest.runs[0], manifest.runs
+        await nc.jetstream().delete_msg(subjects.PAGES_STREAM, manifest.runs[0][0])
+
+        assert (await eventlog.history_pages(child))[0] == [], "an incomplete set of pages is not used"
+        assert [e.seq for e in await eventlog.history(child)] == seqs, "the index answers instead"
+
+        own_server.kill()
+        await asyncio.to_thread(own_server.start)
+
+        async def written() -> bool:
+            try:
+                seqs.extend(await record_referrals(eventlog, child, 1))
+                return True
+            except Exception:  # reconnecting
+                return False
+
+        await wait_for(written, within=20)
+        await paged_up_to_the_index(eventlog)
+    finally:
+        await pager.stop()
+    paged, _ = await eventlog.history_pages(child)
+    assert [e.seq for e in paged] == seqs, "rebuilt from the index"
+    await nc.close()
