@@ -18,6 +18,7 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -291,41 +292,68 @@ class EventLog:
                 return missing
             await asyncio.sleep(0.1)
 
-    async def replay(self, from_seq: int = 1, chunk: int = 512) -> AsyncIterator[StoredEvent]:
+    async def replay(
+        self, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000
+    ) -> AsyncIterator[StoredEvent]:
         """Every event of the log in order, from `from_seq` to the end as it is now. An ordered
         consumer with a callback (several times faster than iterating a subscription) hands raw
         messages over in chunks, decoded on this side; a bounded queue keeps a slow reader from
-        piling them up."""
+        piling them up. When the reader is slower than the log, nats-py drops what overflows its
+        buffer after counting it as delivered, so the ordered consumer does not notice: a jump
+        in sequence numbers is checked against the log, and the consumer made again from the
+        first missing event if the log has it."""
         end = (await self.js.stream_info(subjects.STREAM)).state.last_seq
         if end < from_seq:
             return
-        chunks: asyncio.Queue[list[tuple[int, int, bytes]]] = asyncio.Queue(maxsize=64)
-        pending: list[tuple[int, int, bytes]] = []
+        chunks: asyncio.Queue[tuple[int, list[tuple[int, int, bytes]]]] = asyncio.Queue(maxsize=64)
 
-        async def on_message(msg: Msg) -> None:
-            seq, stored_ns = delivered_position(msg.reply)
-            pending.append((seq, stored_ns, msg.data))
-            if len(pending) >= chunk or seq >= end:
-                await chunks.put(pending.copy())
-                pending.clear()
+        async def read_from(start: int, generation: int) -> Subscription:
+            pending: list[tuple[int, int, bytes]] = []
 
-        sub = await self.js.subscribe(
-            subjects.LOG_SUBJECTS,
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=from_seq),
-            pending_msgs_limit=200_000,
-        )
+            async def on_message(msg: Msg) -> None:
+                seq, stored_ns = delivered_position(msg.reply)
+                pending.append((seq, stored_ns, msg.data))
+                if len(pending) >= chunk or seq >= end:
+                    await chunks.put((generation, pending.copy()))
+                    pending.clear()
+
+            return await self.js.subscribe(
+                subjects.LOG_SUBJECTS,
+                cb=on_message,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                config=ConsumerConfig(opt_start_seq=start),
+                pending_msgs_limit=client_buffer,
+            )
+
+        generation = 0
+        sub = await read_from(from_seq, generation)
+        expected = from_seq
         try:
             while True:
-                batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
+                made_by, batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
+                if made_by != generation:
+                    continue  # from a consumer given up
                 for seq, stored_ns, data in batch:
+                    if seq > expected and await self._exists(expected):
+                        break  # dropped in the client: read again from there
                     yield _decoded(seq, datetime_from_ns(stored_ns), data)
-                if batch[-1][0] >= end:
-                    return
+                    expected = seq + 1
+                else:
+                    if batch[-1][0] >= end:
+                        return
+                    continue
+                log.warning("replay_dropped_in_client", resumed_at=expected)
+                await sub.unsubscribe()
+                generation += 1
+                sub = await read_from(expected, generation)
         finally:
             await sub.unsubscribe()
+
+    async def _exists(self, seq: int) -> bool:
+        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps({"seq": seq}).encode(),
+                                      self.timeout)
+        return (reply.headers or {}).get("Status") is None
 
     async def load(self, child: str, *, min_seq: int = 0, fresh: bool = True) -> ChildState:
         """The child's state as of every acknowledged write (and at least `min_seq`). `fresh=False`

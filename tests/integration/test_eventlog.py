@@ -13,7 +13,12 @@ from refbus.contracts.events import (
     ReferralRejected,
 )
 from refbus.contracts.vocabulary import CancelReason, Outcome, RejectReason, Sector, Status
+from refbus.registry import pilot_events
+from refbus.services.core import streams
 from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
+from refbus.services.core.group_commit import GroupCommitWriter
+from refbus.services.core.natsserver import EmbeddedNats
+from refbus.services.core.runtime import connect
 from refbus.services.referral.lifecycle import IllegalEvent
 from tests.factories import answer, new_child, request
 
@@ -162,3 +167,21 @@ async def test_a_child_is_read_from_the_log_itself_while_the_index_is_behind(own
     assert isinstance(history[1].event, ReferralAccepted)
     info = await own_log.js.stream_info(subjects.CHILD_INDEX_STREAM)
     assert info.state.messages < len(history), "the index really was behind"
+
+
+async def test_a_replay_slower_than_the_log_loses_nothing(own_server: EmbeddedNats) -> None:
+    """A reader slower than the log makes nats-py drop messages it has counted as delivered; the
+    replay notices the jump in sequence and reads again from the first missing event."""
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    events = pilot_events(children=100, total=6000, seed=12)
+    report = await GroupCommitWriter(eventlog).write(events)
+    assert report.stored == len(events)
+    seen = []
+    async for stored in eventlog.replay(chunk=100, client_buffer=300):
+        seen.append(stored.seq)
+        if len(seen) % 100 == 0:
+            await asyncio.sleep(0.01)  # slower than the server delivers
+    assert seen == list(range(1, len(events) + 1))
+    await nc.close()
