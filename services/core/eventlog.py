@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -417,6 +418,13 @@ class EventLog:
         """The child's events in its history pages, and where in the index the rest begins.
         The newest manifest names the pages; if a merge deletes one of them meanwhile, the newer
         manifest is read. Anything unexpected means no pages: the index alone is always right."""
+        try:
+            return await self._history_pages(child)
+        except (NatsError, RuntimeError, TimeoutError) as exc:
+            log.warning("history_pages_unavailable", child=child, error=repr(exc))
+            return [], 1
+
+    async def _history_pages(self, child: str) -> tuple[list[StoredEvent], int]:
         for _ in range(3):
             manifest = await self._page_get({"last_by_subj": subjects.page_subject(child)})
             if manifest is None:

@@ -144,8 +144,11 @@ class HistoryPager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._flush_due(force=True)
-        await self._write_checkpoint()
+        try:
+            await self._flush_due(force=True)
+            await self._write_checkpoint()
+        except Exception:  # the server gone: what was held is read again from the last checkpoint
+            log.warning("pager_stopped_without_flushing", exc_info=True)
         log.info("pager_stopped", checkpoint=self._checkpoint, pages_written=self.pages_written)
 
     @property
