@@ -5,14 +5,15 @@ headers each, ~35 µs), and the server walks every message block between the chi
 event. A page holds up to PAGE_EVENTS events in one message, and merges keep a child's pages few
 and written together: a history is then a manifest, a handful of pages and a short recent tail.
 
-How: a pull consumer reads the index from the last checkpoint, a batch at a time. A child's new events wait in
-memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are written as a run of
-pages; a new run absorbs the runs before it that are no bigger than it (and any beyond MAX_RUNS), so
-a child has O(log n) runs and each event is rewritten O(log n) times. The run's last page is the
-child's manifest; pages it supersedes are deleted after it is acknowledged.
+How: a consumer of its own reads the index from the last checkpoint, a batch at a time. A child's
+new events wait in memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are
+written as a run of pages; a new run absorbs the runs before it that are no bigger than it (and any
+beyond MAX_RUNS), so a child has O(log n) runs and each event is rewritten O(log n) times. The run's
+last page is the child's manifest; pages it supersedes are deleted after it is acknowledged.
 
-Correctness never depends on the pager: a reader takes what the newest manifest names and reads the
-rest from the index. A pager that is behind, stopped or restarted makes reads slower, never wrong.
+Correctness never depends on the pager: a reader takes what the newest manifest names, checked,
+and reads the rest from the index. A pager that is behind, stopped or restarted makes reads
+slower, never wrong. One pager per bus: two would write over each other's manifests.
 """
 
 import asyncio
