@@ -11,7 +11,7 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import msgspec
@@ -426,22 +426,23 @@ class EventLog:
 
     async def _history_pages(self, child: str) -> tuple[list[StoredEvent], int]:
         for _ in range(3):
-            manifest = await self._page_get({"last_by_subj": subjects.page_subject(child)})
+            manifest = await self.read_page({"last_by_subj": subjects.page_subject(child)})
             if manifest is None:
                 return [], 1
             page = pages.decode_page(manifest.data)
-            earlier = await asyncio.gather(*(self._page_get({"seq": seq}) for run in page.runs for seq in run))
-            if any(msg is None for msg in earlier):
+            earlier = await self.pages_at([seq for run in page.runs for seq in run])
+            if earlier is None:
                 continue
-            found = [(_subject_of(msg), pages.decode_page(msg.data)) for msg in earlier]  # type: ignore[arg-type]
-            events = pages.checked_events(child, [*found, (_subject_of(manifest), page)], sum(page.run_events))
+            events = pages.checked_events(child, [*earlier, (_subject_of(manifest), page)], sum(page.run_events))
             if events is None:
                 log.warning("history_pages_inconsistent", child=child)
                 return [], 1
             return [_decoded(seq, datetime_from_ns(ns), data) for seq, ns, data in events], page.covered_index_seq + 1
         return [], 1
 
-    async def _page_get(self, request: dict[str, object]) -> Msg | None:
+    async def read_page(self, request: dict[str, object]) -> Msg | None:
+        """One message of REFBUS_PAGES by a direct get (`{"seq": n}` or `{"last_by_subj": s}`);
+        None if there is none."""
         try:
             reply = await self.nc.request(_PAGES_GET, json.dumps(request).encode(), self.timeout)
         except NoRespondersError:  # no REFBUS_PAGES (a deployment provisioned before it existed)
@@ -453,30 +454,32 @@ class EventLog:
             return None
         raise RuntimeError(f"history pages: {status} {(reply.headers or {}).get('Description')}")
 
+    async def pages_at(self, seqs: list[int]) -> list[tuple[str, pages.HistoryPage]] | None:
+        """The pages at these sequences, each with its subject (whose child it is), all asked at
+        once; None if one of them is gone."""
+        found = await asyncio.gather(*(self.read_page({"seq": seq}) for seq in seqs))
+        if any(msg is None for msg in found):
+            return None
+        return [(_subject_of(msg), pages.decode_page(msg.data)) for msg in found]  # type: ignore[arg-type]
+
     async def indexed_events(self, child: str, before_index_seq: int) -> list[PagedEvent]:
         """The child's events in the index before `before_index_seq`, as stored (for the pager)."""
-        found: list[PagedEvent] = []
-        start = 1
-        while start < before_index_seq:
-            messages, pending = await self._direct_get_batch(
-                subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child), start
-            )
-            for msg in messages:
-                headers = msg.headers or {}
-                if int(headers["Nats-Sequence"]) >= before_index_seq:
-                    return found
-                log_seq = int(headers["Nats-Stream-Source"].split()[1])
-                found.append((log_seq, nats_time_ns(headers["Nats-Time-Stamp"]), msg.data))
-            if not messages or pending == 0:
-                break
-            start = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
-        return found
+        messages = await self._all_on(subjects.CHILD_INDEX_STREAM, subjects.child_index_subject(child))
+        return [
+            (int(headers["Nats-Stream-Source"].split()[1]), nats_time_ns(headers["Nats-Time-Stamp"]), msg.data)
+            for msg in messages
+            if int((headers := msg.headers or {})["Nats-Sequence"]) < before_index_seq
+        ]
 
     async def _read(self, stream: str, subject: str, start: int = 1) -> list[StoredEvent]:
-        found: list[StoredEvent] = []
+        return [_stored(msg.data, msg.headers or {}) for msg in await self._all_on(stream, subject, start)]
+
+    async def _all_on(self, stream: str, subject: str, start: int = 1) -> list[Msg]:
+        """Every message on `subject` from `start`, a batched direct get at a time."""
+        found: list[Msg] = []
         while True:
             messages, pending = await self._direct_get_batch(stream, subject, start)
-            found.extend(_stored(msg.data, msg.headers or {}) for msg in messages)
+            found.extend(messages)
             if not messages or pending == 0:
                 return found
             start = int(messages[-1].headers["Nats-Sequence"]) + 1  # type: ignore[index]
@@ -588,10 +591,13 @@ def datetime_from_ns(ns: int) -> datetime:
 
 
 def nats_time_ns(text: str) -> int:
-    """JetStream's RFC 3339 time with nanoseconds, as nanoseconds since the epoch."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(datetime.fromisoformat(f"{whole}+00:00").timestamp())
-    return seconds * 1_000_000_000 + int(f"{fraction:0<9}"[:9])
+    """JetStream's RFC 3339 time as nanoseconds since the epoch, cut to microseconds like every
+    time refbus reads (so datetime_from_ns gives back parse_nats_time's)."""
+    return (parse_nats_time(text) - _EPOCH) // _MICROSECOND * 1000
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def parse_nats_time(text: str) -> datetime:

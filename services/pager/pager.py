@@ -53,7 +53,6 @@ TICK_S = 0.25
 FETCH_BATCH = 1000
 FETCH_WAIT_S = 0.1
 LOOK_UPS_AT_ONCE = 64
-_PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 _PAGES_DELETE = f"$JS.API.STREAM.MSG.DELETE.{subjects.PAGES_STREAM}"
 _CHILD_PREFIX = subjects.child_index_subject("")
 
@@ -129,7 +128,7 @@ class HistoryPager:
 
     async def start(self) -> None:
         """Resume after the last checkpoint. Children paged before it are looked up on first sight."""
-        found = await self._direct_get({"last_by_subj": subjects.PAGER_CHECKPOINT})
+        found = await self.eventlog.read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
         if found is not None:
             self._checkpoint = decode_checkpoint(found.data).index_seq
             self._checkpoint_seq = int(found.headers["Nats-Sequence"])  # type: ignore[index]
@@ -167,7 +166,7 @@ class HistoryPager:
         The index is never deleted from, so its sequences are contiguous: a gap is a lost delivery,
         and the consumer is made again from the last event sorted, as after any error."""
         while True:
-            consumer, reply = "", ""
+            consumer = ""
             try:
                 consumer = self.nc.new_inbox().rpartition(".")[2]
                 await self.js.add_consumer(
@@ -256,7 +255,7 @@ class HistoryPager:
     async def _look_up(self, name: str) -> None:
         """A child's runs as its newest manifest names them (after a restart)."""
         async with self._looking_up:
-            found = await self._direct_get({"last_by_subj": subjects.page_subject(name)})
+            found = await self.eventlog.read_page({"last_by_subj": subjects.page_subject(name)})
         child = _Child()
         if found is not None:
             manifest = decode_page(found.data)
@@ -326,11 +325,10 @@ class HistoryPager:
 
     async def _events_of(self, name: str, runs: list[_Run], before_log_seq: int) -> list[PagedEvent] | None:
         """The events of runs about to be merged, read back and checked (None: not as written)."""
-        found = await asyncio.gather(*(self._direct_get({"seq": seq}) for run in runs for seq in run.seqs))
-        if any(msg is None for msg in found):
+        found = await self.eventlog.pages_at([seq for run in runs for seq in run.seqs])
+        if found is None:
             return None
-        pages = [((msg.headers or {}).get("Nats-Subject", ""), decode_page(msg.data)) for msg in found]  # type: ignore[union-attr]
-        events = checked_events(name, pages, sum(run.events for run in runs))
+        events = checked_events(name, found, sum(run.events for run in runs))
         if events is None or (events and events[-1][0] >= before_log_seq):
             return None
         return events
@@ -387,19 +385,8 @@ class HistoryPager:
         if previous:
             await self._delete([previous])
 
-    async def _direct_get(self, request: dict[str, object]) -> Msg | None:
-        reply = await self.nc.request(_PAGES_GET, json.dumps(request).encode(), self.timeout)
-        status = (reply.headers or {}).get("Status")
-        if status == "404":
-            return None
-        if status is not None:
-            raise RuntimeError(f"direct get {request}: {status} {(reply.headers or {}).get('Description')}")
-        return reply
-
 
 async def pager_checkpoint(nc: NATS) -> int:
     """How far in REFBUS_CHILDREN the pages reach (0: not started)."""
-    reply = await nc.request(_PAGES_GET, json.dumps({"last_by_subj": subjects.PAGER_CHECKPOINT}).encode(), 5.0)
-    if (reply.headers or {}).get("Status"):
-        return 0
-    return decode_checkpoint(reply.data).index_seq
+    found = await EventLog(nc).read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
+    return 0 if found is None else decode_checkpoint(found.data).index_seq
