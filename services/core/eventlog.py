@@ -39,6 +39,7 @@ WRONG_LAST_SEQUENCE = (10071, 10164)  # the server's "wrong last sequence" error
 STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exceeded"
 HISTORY_PAGE = 512
 INDEX_PATIENCE = 0.5
+REPLAY_STALL_S = 1.0  # a replay that hears nothing this long reads again from where it is
 _MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
 _PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 
@@ -330,20 +331,30 @@ class EventLog:
         generation = 0
         sub = await read_from(from_seq, generation)
         expected = from_seq
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
         try:
             while True:
-                made_by, batch = await asyncio.wait_for(chunks.get(), timeout=self.timeout)
-                if made_by != generation:
-                    continue  # from a consumer given up
+                try:
+                    made_by, batch = await asyncio.wait_for(chunks.get(), timeout=REPLAY_STALL_S)
+                except TimeoutError:
+                    if loop.time() - heard > self.timeout:
+                        raise
+                    batch = []  # the chunk with the end may have been dropped: read again from here
+                else:
+                    if made_by != generation:
+                        continue  # from a consumer given up
+                    heard = loop.time()
                 for seq, stored_ns, data in batch:
                     if seq > expected and await self._exists(expected):
                         break  # dropped in the client: read again from there
                     yield _decoded(seq, datetime_from_ns(stored_ns), data)
                     expected = seq + 1
                 else:
-                    if batch[-1][0] >= end:
+                    if expected > end:
                         return
-                    continue
+                    if batch:
+                        continue
                 log.warning("replay_dropped_in_client", resumed_at=expected)
                 await sub.unsubscribe()
                 generation += 1
