@@ -8,7 +8,6 @@ captured in the dead-letter stream by their advisory), and set aside what cannot
 import asyncio
 import hashlib
 import importlib
-import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 import msgspec
 import structlog
 from faststream import FastStream
-from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
@@ -30,8 +28,8 @@ from refbus.contracts.events import (
     event_type,
 )
 from refbus.contracts.vocabulary import Sector, Status
+from refbus.services.core.app import service_app
 from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
-from refbus.services.core.health import serve_health
 from refbus.services.core.inbox import Inbox, ensure_consumer
 from refbus.services.core.logs import configure_logging
 from refbus.services.core.settings import Settings
@@ -237,46 +235,25 @@ class SectorService:
         log.warning("set_aside", seq=seq, reason=reason)
 
 
-def faststream_logger() -> logging.Logger:
-    logger = logging.getLogger("refbus.faststream")
-    logger.setLevel(logging.WARNING)
-    return logger
-
-
 def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 64) -> FastStream:
     """The composition root of one sector's service."""
-    broker = NatsBroker(
-        servers=(settings.nats_url or "").split(","),
-        name=f"refbus-{sector.value}",
-        # Our logs are structlog's; FastStream's own only when it warns.
-        logger=faststream_logger(),
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-    )
-    service = SectorService(sector, policy, lambda: broker.connection)
-    app = FastStream(broker, logger=None)
-    health: list[asyncio.Server] = []
     inboxes: list[Inbox] = []
+    connections: list[NATS] = []
+    service = SectorService(sector, policy, lambda: connections[0])
 
-    @app.after_startup
-    async def start_inbox() -> None:
+    async def start_inbox(nc: NATS) -> None:
         # The inbox is ours, not a FastStream subscriber: see services/core/inbox.py.
-        nc = broker.connection
+        connections.append(nc)
         await ensure_consumer(nc.jetstream(), subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
         inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
         await inboxes[0].start()
-        if settings.health_port is not None:
-            is_up = lambda: broker.connection.is_connected  # noqa: E731
-            health.append(await serve_health(settings.health_port, is_up, settings.health_host))
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
 
-    @app.on_shutdown
     async def stop_inbox() -> None:
         for inbox in inboxes:
             await inbox.stop(wait=5.0)
-        for server in health:
-            server.close()
 
+    app = service_app(sector.value, settings, start_inbox, stop_inbox)
     app.service = service  # type: ignore[attr-defined]  # for tests and the CLI
     return app
 

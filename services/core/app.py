@@ -1,0 +1,54 @@
+"""The FastStream app every refbus service runs in: the broker connection, the lifecycle hooks and
+the health endpoint. What a service does starts and stops in the two hooks it passes in."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
+
+from refbus.services.core.health import serve_health
+from refbus.services.core.settings import Settings
+
+
+def _faststream_logger() -> logging.Logger:
+    # Our logs are structlog's; FastStream's own only when it warns.
+    logger = logging.getLogger("refbus.faststream")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+def service_app(
+    name: str,
+    settings: Settings,
+    start: Callable[[NATS], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> FastStream:
+    """An app named `refbus-<name>` that calls `start(connection)` once connected and `stop()` on
+    the way out, and serves /healthz when settings ask for it."""
+    broker = NatsBroker(
+        servers=(settings.nats_url or "").split(","),
+        name=f"refbus-{name}",
+        logger=_faststream_logger(),
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+    )
+    app = FastStream(broker, logger=None)
+    health: list[asyncio.Server] = []
+
+    @app.after_startup
+    async def started() -> None:
+        await start(broker.connection)
+        if settings.health_port is not None:
+            is_up = lambda: broker.connection.is_connected  # noqa: E731
+            health.append(await serve_health(settings.health_port, is_up, settings.health_host))
+
+    @app.on_shutdown
+    async def stopping() -> None:
+        await stop()
+        for server in health:
+            server.close()
+
+    return app
