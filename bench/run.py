@@ -385,6 +385,7 @@ def environment(server_version: str) -> dict[str, object]:
 
 async def measure_log(
     server: EmbeddedNats,
+    pager: PagerProcess,
     samples: dict[int, Samples],
     pilot_file: Path,
     fill_file: Path,
@@ -399,26 +400,8 @@ async def measure_log(
     await js.add_stream(raw_config)
     eventlog = EventLog(nc, timeout=10)
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
-    pager = PagerProcess(server.url)
-    pager.start()
-    try:
-        return await measure_log_paged(nc, eventlog, results, pager, samples, pilot_file, fill_file, appended)
-    finally:
-        pager.stop()
-
-
-async def measure_log_paged(
-    nc: nats.NATS,
-    eventlog: EventLog,
-    results: dict[str, object],
-    pager: PagerProcess,
-    samples: dict[int, Samples],
-    pilot_file: Path,
-    fill_file: Path,
-    appended: list[list[Event]],
-) -> dict[str, object]:
-    js = nc.jetstream()
     paging: dict[str, float] = {}
+    pager.start()
 
     print("ingesting the pilot with `refbus import`, measuring one child's history on the way ...", flush=True)
     history: dict[str, dict[str, dict[str, float]]] = {}
@@ -506,10 +489,12 @@ async def run(workdir: Path) -> dict[str, object]:
     gc.freeze()
 
     server = EmbeddedNats(workdir / "nats").start()
+    pager = PagerProcess(server.url)
     try:
-        results = await measure_log(server, samples, pilot_file, fill_file, appended)
+        results = await measure_log(server, pager, samples, pilot_file, fill_file, appended)
     finally:
-        server.stop()  # also when a measurement fails: no orphaned nats-server
+        pager.stop()
+        server.stop()  # also when a measurement fails: no orphaned processes
 
     print(f"end to end: {LATENCY_RATE} referrals/s for {LATENCY_SECONDS} s through the four services ...", flush=True)
     e2e = await end_to_end(workdir / "e2e")

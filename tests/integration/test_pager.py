@@ -3,10 +3,14 @@ into few runs; histories read through them equal the log; a restart resumes with
 doubles; and reads stay right while the pager is behind or stopped."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from nats.aio.client import Client as NATS
 
 from refbus.contracts import subjects
 from refbus.contracts.events import ReferralReceived
-from refbus.contracts.pages import decode_page
+from refbus.contracts.pages import HistoryPage, decode_page
 from refbus.registry import pilot_events
 from refbus.services.core import streams
 from refbus.services.core.eventlog import EventLog
@@ -30,6 +34,24 @@ async def record_referrals(eventlog: EventLog, child: str, count: int) -> list[i
     return seqs
 
 
+@asynccontextmanager
+async def running_pager(
+    nc: NATS, flush_after: float = 0.05, request_timeout: float = 10.0
+) -> AsyncIterator[HistoryPager]:
+    pager = HistoryPager(nc, flush_after=flush_after, timeout=request_timeout)
+    await pager.start()
+    try:
+        yield pager
+    finally:
+        await pager.stop()
+
+
+async def manifest_of(eventlog: EventLog, child: str) -> HistoryPage:
+    found = await eventlog.read_page({"last_by_subj": subjects.page_subject(child)})
+    assert found is not None
+    return decode_page(found.data)
+
+
 async def paged_up_to_the_index(eventlog: EventLog) -> None:
     index_last = (await eventlog.js.stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
 
@@ -45,9 +67,7 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
     eventlog = EventLog(nc)
     busy, quiet = new_child(), new_child()
     recorded: dict[str, list[int]] = {busy: [], quiet: []}
-    pager = HistoryPager(nc, flush_after=0.05)
-    await pager.start()
-    try:
+    async with running_pager(nc):
         # Rounds of writes, each paged before the next: the busy child gets a run per round,
         # and merges keep its runs few.
         for round_ in range(12):
@@ -55,8 +75,6 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
             if round_ % 4 == 0:
                 recorded[quiet] += await record_referrals(eventlog, quiet, 1)
             await paged_up_to_the_index(eventlog)
-    finally:
-        await pager.stop()
 
     for child, seqs in recorded.items():
         paged, rest_from = await eventlog.history_pages(child)
@@ -65,11 +83,7 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
         history = await eventlog.history(child)
         assert [e.seq for e in history] == seqs
         assert all(e.event is not None and e.event.child == child for e in history)
-    manifest = await nc.request(
-        f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}",
-        f'{{"last_by_subj": "{subjects.page_subject(busy)}"}}'.encode(),
-    )
-    runs = decode_page(manifest.data).runs
+    runs = (await manifest_of(eventlog, busy)).runs
     assert 1 <= len(runs) <= MAX_RUNS, runs
     # Superseded pages were deleted: the stream holds the busy child's live pages, not 12 rounds' worth.
     info = await nc.jetstream().stream_info(subjects.PAGES_STREAM, subjects_filter=subjects.page_subject(busy))
@@ -78,12 +92,8 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
     # Written while no pager runs: read from the index, then paged by a new pager that resumes.
     recorded[busy] += await record_referrals(eventlog, busy, 5)
     assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
-    resumed = HistoryPager(nc, flush_after=0.05)
-    await resumed.start()
-    try:
+    async with running_pager(nc):  # resumes from the checkpoint
         await paged_up_to_the_index(eventlog)
-    finally:
-        await resumed.stop()
     paged, _ = await eventlog.history_pages(busy)
     assert [e.seq for e in paged] == recorded[busy], "resumed: nothing lost, nothing paged twice"
     assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
@@ -95,16 +105,12 @@ async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNat
     await streams.provision(nc.jetstream())
     eventlog = EventLog(nc)
     child = new_child()
-    pager = HistoryPager(nc, flush_after=3600)  # holds everything back: nothing is paged yet
-    await pager.start()
-    try:
+    async with running_pager(nc, flush_after=3600):  # holds everything back; pages it when stopped
         seqs = await record_referrals(eventlog, child, 4)
         await asyncio.sleep(0.3)
         assert (await eventlog.history_pages(child))[0] == []
         assert [e.seq for e in await eventlog.history(child)] == seqs
         assert await pager_checkpoint(nc) < seqs[0], "the checkpoint waits for the events held back"
-    finally:
-        await pager.stop()  # pages what it held
     paged, _ = await eventlog.history_pages(child)
     assert [e.seq for e in paged] == seqs
     await nc.close()
@@ -122,12 +128,8 @@ async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_ser
     for part in (events[:4000], events[4000:]):
         report = await writer.write(part)
         assert report.stored == len(part) and not report.refused
-        pager = HistoryPager(nc, flush_after=0.1)
-        await pager.start()
-        try:
+        async with running_pager(nc, flush_after=0.1):
             await paged_up_to_the_index(eventlog)
-        finally:
-            await pager.stop()
     incomplete = []
     for child in children:
         paged, _ = await eventlog.history_pages(child)
@@ -146,17 +148,12 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
     await streams.provision(nc.jetstream())
     eventlog = EventLog(nc)
     child = new_child()
-    pager = HistoryPager(nc, flush_after=0.05, timeout=2.0)
-    await pager.start()
-    try:
+    async with running_pager(nc, request_timeout=2.0):
         seqs = []
         for count in (8, 1):  # a run of 16 events, then one of 2 beside it (not merged: 16 > 2)
             seqs += await record_referrals(eventlog, child, count)
             await paged_up_to_the_index(eventlog)
-        manifest = decode_page((await nc.request(
-            f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}",
-            f'{{"last_by_subj": "{subjects.page_subject(child)}"}}'.encode(),
-        )).data)
+        manifest = await manifest_of(eventlog, child)
         assert len(manifest.runs) == 2 and manifest.runs[0], manifest.runs
         await nc.jetstream().delete_msg(subjects.PAGES_STREAM, manifest.runs[0][0])
 
@@ -175,8 +172,6 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
 
         await wait_for(written, within=20)
         await paged_up_to_the_index(eventlog)
-    finally:
-        await pager.stop()
     paged, _ = await eventlog.history_pages(child)
     assert [e.seq for e in paged] == seqs, "rebuilt from the index"
     await nc.close()
