@@ -46,6 +46,11 @@ MAX_DELIVER = 20
 # ack-pending slot until it is closed: the limit bounds the referrals one sector has in work at once.
 MAX_ACK_PENDING = 20_000
 INLINE_WAIT = 0.05
+# Referrals worked on at once. A referral holds its worker through every step due within
+# INLINE_WAIT of the last, each an append awaited (a few round trips, ~0.2 s at 500 referrals/s on
+# the 2-core machine): 64 were all busy at that load, and deliveries queued behind them for
+# hundreds of milliseconds. A worker is a coroutine, so 256 cost little.
+WORKERS = 256
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -235,7 +240,7 @@ class SectorService:
         log.warning("set_aside", seq=seq, reason=reason)
 
 
-def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = 64) -> FastStream:
+def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = WORKERS) -> FastStream:
     """The composition root of one sector's service."""
     inboxes: list[Inbox] = []
     connections: list[NATS] = []

@@ -1,5 +1,6 @@
-"""The inbox puller on a real server: every message once, never more in hand than workers, and
-work resumes after the server drops the pull request."""
+"""The inbox puller on a real server: every message once, never more in hand than workers, many
+messages per pull request when handlers are quick, and work resumes after the server drops the
+pull request."""
 
 import asyncio
 from collections import Counter
@@ -50,6 +51,29 @@ async def test_every_message_once_and_never_more_in_hand_than_workers(own_server
     assert set(recorder.seen) == set(range(210))
     assert max(recorder.seen.values()) == 1
     assert 1 < recorder.most_in_hand <= 3
+
+
+async def test_quick_handlers_get_many_messages_per_pull_request(own_server: EmbeddedNats) -> None:
+    # A referrer's inbox takes every status update of its referrals: thousands a second, each
+    # handled in a moment. Asking, when a request was fulfilled, only for the workers free then
+    # (none: their tasks had not run yet) made requests of one or two messages, a round trip each.
+    nc = await connect(own_server.url)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
+    await ensure_consumer(js, "T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    total = 3000
+    acks = [js.publish(f"t.{i % 7}", str(i).encode()) for i in range(total)]
+    await asyncio.gather(*acks)
+    recorder = Recorder(pause=0.001)
+    inbox = Inbox(nc, "T", "c", recorder.handle, workers=64, expires=5.0, heartbeat=0.2)
+    await inbox.start()
+    await wait_for(lambda: len(recorder.seen) == total, within=20)
+    await inbox.stop()
+    await nc.close()
+    assert set(recorder.seen) == set(range(total))
+    assert max(recorder.seen.values()) == 1
+    assert recorder.most_in_hand <= 64
+    assert inbox.smallest_pull >= 16
 
 
 async def test_a_pull_request_lost_with_the_server_is_asked_again(own_server: EmbeddedNats) -> None:
