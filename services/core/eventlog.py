@@ -83,16 +83,22 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     "Why the stored bytes could not be decoded (written by a foreign or broken publisher)."
 
 
+_ids_encoder = msgspec.json.Encoder()
+
+
 def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
     """The headers of an append. `expected_last_seq=None` omits the per-child check: only for an
     event riding in an atomic batch behind an earlier event of the same child that carries it."""
+    # Both ids in their canonical form from one call into msgspec: str(UUID) is Python code,
+    # 0.9 µs each, and the batch writer spends its time per event.
+    ids = _ids_encoder.encode((event.event_id, event.correlation_id))  # b'["<36 chars>","<36 chars>"]'
     headers = {
-        "Nats-Msg-Id": str(event.event_id),
+        "Nats-Msg-Id": ids[2:38].decode(),
         # What operators may see without reading the payload (no personal data in headers). The
         # schema version stays in the payload alone: every header costs nats-py ~2 µs per message,
         # on every write and every read.
         "Refbus-Event-Type": event_type(event),
-        "Refbus-Correlation-Id": str(event.correlation_id),
+        "Refbus-Correlation-Id": ids[41:77].decode(),
     }
     if expected_last_seq is not None:
         headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)

@@ -1,10 +1,13 @@
-"""The batch writer's own publish frame is byte for byte the one nats-py's publish sends."""
+"""The batch writer's own publish frame is byte for byte the one nats-py's publish sends, with the
+headers an append carries."""
 
 import asyncio
 
 from nats.aio.client import Client
 
 from refbus.services.core.batches import hpub_frame
+from refbus.services.core.eventlog import headers_for
+from tests.factories import new_child, request
 
 
 class _Capture:
@@ -32,3 +35,14 @@ def test_the_frame_equals_nats_py_s() -> None:
     capture = _Capture()
     asyncio.run(Client._send_publish(capture, subject, "", payload, len(payload), headers))  # type: ignore[arg-type]
     assert capture.sent == [hpub_frame(subject, payload, headers)]
+
+
+def test_the_append_headers_name_the_event_and_its_chain() -> None:
+    event = request(new_child())
+    headers = headers_for(event, 41)
+    assert headers["Nats-Msg-Id"] == str(event.event_id)
+    assert headers["Refbus-Correlation-Id"] == str(event.correlation_id)
+    assert headers["Refbus-Event-Type"] == "referral.requested"
+    assert headers["Nats-Expected-Last-Subject-Sequence"] == "41"
+    assert headers["Nats-Expected-Last-Subject-Sequence-Subject"] == f"refbus.ev.{event.child}.>"
+    assert "Nats-Expected-Last-Subject-Sequence" not in headers_for(event, None)
