@@ -77,7 +77,7 @@ async def raw_atomic_batches(nc: nats.NATS, payloads: list[tuple[str, bytes]], s
     start = time.perf_counter()
     for first in range(0, len(payloads), size):
         chunk = payloads[first : first + size]
-        batch_id = uuid.uuid4().hex
+        batch_id = os.urandom(8).hex()  # as refbus's (services/core/batches.py)
         for number, (subject, payload) in enumerate(chunk, 1):
             headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
             if number < len(chunk):
