@@ -144,6 +144,8 @@ class HistoryPager:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for child in self._dirty.values():
+            child.in_flight_from = 0  # none is: a flush cancelled before it began left its mark
         try:
             await self._flush_due(force=True)
             await self._write_checkpoint()
@@ -310,10 +312,6 @@ class HistoryPager:
                     older = await self.eventlog.indexed_events(name, before_index_seq=first)
                 merged = older + events
                 seqs = await self._write_run(name, merged, kept, last)
-                child.runs = [*kept, _Run(seqs, len(merged))]
-                child.covered_index_seq = last
-                child.trusted = True
-                await self._delete([seq for run in absorbed for seq in run.seqs])
             except BaseException:  # also when cancelled: the events stay pending, the checkpoint held
                 child.pending = events + child.pending  # tried again on a later tick
                 child.pending_from, child.pending_since = first, since
@@ -322,6 +320,13 @@ class HistoryPager:
                 child.in_flight_from = 0
                 if not child.pending:
                     self._dirty.pop(name, None)
+            # The manifest is acknowledged: from here the events are paged, whatever happens to
+            # the deletes (a stop during them once put the events back to pending, and the
+            # pager paged them twice).
+            child.runs = [*kept, _Run(seqs, len(merged))]
+            child.covered_index_seq = last
+            child.trusted = True
+        await self._delete([seq for run in absorbed for seq in run.seqs])
 
     async def _events_of(self, name: str, runs: list[_Run], before_log_seq: int) -> list[PagedEvent] | None:
         """The events of runs about to be merged, read back and checked (None: not as written)."""

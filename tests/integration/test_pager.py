@@ -116,6 +116,39 @@ async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNat
     await nc.close()
 
 
+async def test_a_pager_stopped_while_it_deletes_superseded_pages_pages_nothing_twice(own_server: EmbeddedNats) -> None:
+    nc = await connect(own_server.url)
+    await streams.provision(nc.jetstream())
+    eventlog = EventLog(nc)
+    child = new_child()
+    seqs = await record_referrals(eventlog, child, 2)
+    async with running_pager(nc):
+        await paged_up_to_the_index(eventlog)
+    deleting = asyncio.Event()
+
+    class StoppedWhileDeleting(HistoryPager):
+        async def _delete(self, seqs: list[int]) -> None:
+            if seqs and not deleting.is_set():
+                deleting.set()
+                await asyncio.Event().wait()  # until the stop cancels it
+            await super()._delete(seqs)
+
+    seqs += await record_referrals(eventlog, child, 3)  # paged as one new run, which absorbs the first
+    pager = StoppedWhileDeleting(nc, flush_after=0.05)
+    await pager.start()
+    await asyncio.wait_for(deleting.wait(), 10)
+    await pager.stop()  # pages what it holds on the way out
+
+    paged, _ = await eventlog.history_pages(child)
+    assert [e.seq for e in paged] == seqs, "each event paged once"
+    async with running_pager(nc):  # and a pager resuming after it extends the same pages
+        seqs += await record_referrals(eventlog, child, 1)
+        await paged_up_to_the_index(eventlog)
+    paged, _ = await eventlog.history_pages(child)
+    assert [e.seq for e in paged] == seqs
+    await nc.close()
+
+
 async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_server: EmbeddedNats) -> None:
     """Thousands of events over hundreds of children, written while no pager runs: a new pager
     pages them all, and after more are written, a pager resuming from the checkpoint completes them."""
