@@ -342,7 +342,8 @@ class EventLog:
         try:
             while True:
                 try:
-                    made_by, batch = await asyncio.wait_for(chunks.get(), timeout=REPLAY_STALL_S)
+                    async with asyncio.timeout(REPLAY_STALL_S):  # not wait_for: see _MultiReplies.ask
+                        made_by, batch = await chunks.get()
                 except TimeoutError:
                     if loop.time() - heard > self.timeout:
                         raise
@@ -554,7 +555,10 @@ class _MultiReplies:
         self._open[token] = page
         try:
             await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}")
-            await asyncio.wait_for(page.done, wait)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes as the wait ends,
+            # and the cancelled caller goes on (a stopping pager read on and never stopped).
+            async with asyncio.timeout(wait):
+                await page.done
         finally:
             del self._open[token]
         return page

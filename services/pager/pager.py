@@ -195,7 +195,10 @@ class HistoryPager:
                         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CHILD_INDEX_STREAM}.{consumer}",
                                               request, reply=reply)
                         try:
-                            await asyncio.wait_for(pull.done.wait(), FETCH_WAIT_S + self.timeout)
+                            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes
+                            # as the wait ends, and a stopping pager then read on and never stopped.
+                            async with asyncio.timeout(FETCH_WAIT_S + self.timeout):
+                                await pull.done.wait()
                         except asyncio.CancelledError:
                             await self._sort(pull.messages)  # stopping: what came is paged on the way out
                             raise

@@ -34,6 +34,12 @@ async def record_referrals(eventlog: EventLog, child: str, count: int) -> list[i
     return seqs
 
 
+async def provisioned_log(server: EmbeddedNats) -> EventLog:
+    nc = await connect(server.url)
+    await streams.provision(nc.jetstream())
+    return EventLog(nc)
+
+
 @asynccontextmanager
 async def running_pager(
     nc: NATS, flush_after: float = 0.05, request_timeout: float = 10.0
@@ -62,9 +68,8 @@ async def paged_up_to_the_index(eventlog: EventLog) -> None:
 
 
 async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own_server: EmbeddedNats) -> None:
-    nc = await connect(own_server.url)
-    await streams.provision(nc.jetstream())
-    eventlog = EventLog(nc)
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
     busy, quiet = new_child(), new_child()
     recorded: dict[str, list[int]] = {busy: [], quiet: []}
     async with running_pager(nc):
@@ -101,9 +106,8 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
 
 
 async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNats) -> None:
-    nc = await connect(own_server.url)
-    await streams.provision(nc.jetstream())
-    eventlog = EventLog(nc)
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
     child = new_child()
     async with running_pager(nc, flush_after=3600):  # holds everything back; pages it when stopped
         seqs = await record_referrals(eventlog, child, 4)
@@ -117,9 +121,8 @@ async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNat
 
 
 async def test_a_pager_stopped_while_it_deletes_superseded_pages_pages_nothing_twice(own_server: EmbeddedNats) -> None:
-    nc = await connect(own_server.url)
-    await streams.provision(nc.jetstream())
-    eventlog = EventLog(nc)
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
     child = new_child()
     seqs = await record_referrals(eventlog, child, 2)
     async with running_pager(nc):
@@ -152,9 +155,8 @@ async def test_a_pager_stopped_while_it_deletes_superseded_pages_pages_nothing_t
 async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_server: EmbeddedNats) -> None:
     """Thousands of events over hundreds of children, written while no pager runs: a new pager
     pages them all, and after more are written, a pager resuming from the checkpoint completes them."""
-    nc = await connect(own_server.url)
-    await streams.provision(nc.jetstream())
-    eventlog = EventLog(nc)
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
     events = pilot_events(children=300, total=8000, seed=11)
     children = {e.child for e in events}
     writer = GroupCommitWriter(eventlog)
@@ -177,9 +179,8 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
     """As after a crash that loses a server's last unsynced writes: a page a manifest names is
     gone. Readers notice and read the index; after the server's restart the pager checks the
     child's pages, finds the hole and starts the child over from the index."""
-    nc = await connect(own_server.url)
-    await streams.provision(nc.jetstream())
-    eventlog = EventLog(nc)
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
     child = new_child()
     async with running_pager(nc, request_timeout=2.0):
         seqs = []
