@@ -45,6 +45,8 @@ async def publish_unchecked(nc: NATS, messages: list[Message]) -> None:
     numbers, the subjects of validated child references, type tags). Anything out of the ordinary
     (not connected, draining, too large) goes through nc.publish, which buffers or raises as it
     should."""
+    if not messages:
+        return  # a batch of one: its only message is the commit, sent as a request
     if not nc.is_connected or nc.is_draining_pubs or any(len(m[1]) > nc.max_payload for m in messages):
         for subject, payload, headers in messages:
             await nc.publish(subject, payload, headers=headers)
