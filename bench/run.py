@@ -33,6 +33,7 @@ from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, R
 from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
 from refbus.services.core import streams
+from refbus.services.core.batches import new_batch_id
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats
@@ -77,7 +78,7 @@ async def raw_atomic_batches(nc: nats.NATS, payloads: list[tuple[str, bytes]], s
     start = time.perf_counter()
     for first in range(0, len(payloads), size):
         chunk = payloads[first : first + size]
-        batch_id = os.urandom(8).hex()  # as refbus's (services/core/batches.py)
+        batch_id = new_batch_id()  # as refbus's
         for number, (subject, payload) in enumerate(chunk, 1):
             headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
             if number < len(chunk):

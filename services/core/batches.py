@@ -14,9 +14,7 @@ Message = tuple[str, bytes, dict[str, str]]
 async def publish_batch(nc: NATS, messages: list[Message], wait: float) -> dict[str, object]:
     """The server's answer: {"seq": last sequence, "count": n, ...} or {"error": {...}}.
     Raises nats.errors.TimeoutError when no answer came (the outcome is then unknown)."""
-    # Stored with every message of the batch, and parsed by every reader: 64 random bits are
-    # unique enough among the few batches in flight at once.
-    batch_id = os.urandom(8).hex()
+    batch_id = new_batch_id()
     for number, (_subject, _payload, headers) in enumerate(messages, 1):
         headers["Nats-Batch-Id"] = batch_id
         headers["Nats-Batch-Sequence"] = str(number)
@@ -25,6 +23,12 @@ async def publish_batch(nc: NATS, messages: list[Message], wait: float) -> dict[
     headers["Nats-Batch-Commit"] = "1"
     reply = await nc.request(subject, payload, timeout=wait, headers=headers)
     return json.loads(reply.data)
+
+
+def new_batch_id() -> str:
+    """Stored with every message of the batch, and parsed by every reader: 64 random bits are
+    unique enough among the few batches in flight at once."""
+    return os.urandom(8).hex()
 
 
 def first_sequence(ack: dict[str, object], size: int) -> int:

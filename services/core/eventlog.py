@@ -41,7 +41,6 @@ HISTORY_PAGE = 512
 INDEX_PATIENCE = 0.5
 REPLAY_STALL_S = 1.0  # a replay that hears nothing this long reads again from where it is
 _MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
-_PAGES_GET = f"$JS.API.DIRECT.GET.{subjects.PAGES_STREAM}"
 
 
 class ConcurrencyConflict(Exception):
@@ -370,9 +369,7 @@ class EventLog:
             await sub.unsubscribe()
 
     async def _exists(self, seq: int) -> bool:
-        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{subjects.STREAM}", json.dumps({"seq": seq}).encode(),
-                                      self.timeout)
-        return (reply.headers or {}).get("Status") is None
+        return await self._direct_get(subjects.STREAM, {"seq": seq}) is not None
 
     async def load(self, child: str, *, min_seq: int = 0, fresh: bool = True) -> ChildState:
         """The child's state as of every acknowledged write (and at least `min_seq`). `fresh=False`
@@ -462,15 +459,19 @@ class EventLog:
         """One message of REFBUS_PAGES by a direct get (`{"seq": n}` or `{"last_by_subj": s}`);
         None if there is none."""
         try:
-            reply = await self.nc.request(_PAGES_GET, json.dumps(request).encode(), self.timeout)
+            return await self._direct_get(subjects.PAGES_STREAM, request)
         except NoRespondersError:  # no REFBUS_PAGES (a deployment provisioned before it existed)
             return None
+
+    async def _direct_get(self, stream: str, request: dict[str, object]) -> Msg | None:
+        """One message of `stream` by a direct get; None if there is none."""
+        reply = await self.nc.request(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), self.timeout)
         status = (reply.headers or {}).get("Status")
         if status is None:
             return reply
         if status == "404":
             return None
-        raise RuntimeError(f"history pages: {status} {(reply.headers or {}).get('Description')}")
+        raise RuntimeError(f"direct get from {stream}: {status} {(reply.headers or {}).get('Description')}")
 
     async def pages_at(self, seqs: list[int]) -> list[tuple[str, pages.HistoryPage]] | None:
         """The pages at these sequences, each with its subject (whose child it is), all asked at
