@@ -40,7 +40,7 @@ STREAM_FULL = (10077, 10078)  # "maximum bytes exceeded", "maximum messages exce
 HISTORY_PAGE = 512
 INDEX_PATIENCE = 0.5
 REPLAY_STALL_S = 1.0  # a replay that hears nothing this long reads again from where it is
-_MSG_GET = f"$JS.API.STREAM.MSG.GET.{subjects.STREAM}"
+_STREAM_INFO = f"$JS.API.STREAM.INFO.{subjects.STREAM}"
 
 
 class ConcurrencyConflict(Exception):
@@ -257,19 +257,17 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def last_seq(self, child: str) -> int:
-        """The sequence of the child's newest event in REFBUS (0 if none), read from the stream
-        leader, so it includes every acknowledged write (a direct get might lag on a replica).
-        Spoken by hand: only the sequence is wanted, and nats-py's get_msg parses the message's
-        headers with the email parser."""
-        request = json.dumps({"last_by_subj": subjects.child_filter(child)}).encode()
-        reply = json.loads((await self.nc.request(_MSG_GET, request, self.timeout)).data)
+    async def event_count(self, child: str) -> int:
+        """How many events the child has in REFBUS, counting every acknowledged write. Asked of the
+        stream leader (a direct get might lag on a replica), from the stream's subject index: no
+        message is read, so no message block is loaded. Reading the child's newest event instead
+        loads its block when the server no longer holds it, ~11 ms for an 8 MB block of the log."""
+        request = json.dumps({"subjects_filter": subjects.child_filter(child)}).encode()
+        reply = json.loads((await self.nc.request(_STREAM_INFO, request, self.timeout)).data)
         error = reply.get("error")
-        if error is None:
-            return int(reply["message"]["seq"])
-        if error.get("code") == 404:
-            return 0
-        raise RuntimeError(f"last sequence of {child}: {error}")
+        if error is not None:
+            raise RuntimeError(f"event count of {child}: {error}")
+        return sum((reply["state"].get("subjects") or {}).values())
 
     async def children(self) -> dict[str, int]:
         """Every child reference in the log, with its number of events (from the index's subject
@@ -398,7 +396,7 @@ class EventLog:
         paged: bool = True,
     ) -> list[StoredEvent]:
         """One child's events in log order, including every write acknowledged before the call
-        (read-your-writes: the call asks the log for the child's last sequence and waits for it).
+        (read-your-writes: the call asks the log how many events the child has and waits for them).
 
         From the child's history pages (contracts/pages.py) as far as they reach, the rest from the
         REFBUS_CHILDREN index (it lags the log by a fraction of a millisecond); `paged=False`: all
@@ -406,13 +404,17 @@ class EventLog:
         of that point). If the index stays behind for INDEX_PATIENCE (it stops copying for seconds
         after a stream leader fails over), the rest is read from the log itself: a scan, slower,
         but current."""
-        # Independent round trips, asked together: each may have to load a message block from disk.
-        last, (from_pages, index_start) = await asyncio.gather(
-            self.last_seq(child) if fresh else _nothing(0),
+        # Independent round trips, asked together.
+        count, (from_pages, index_start) = await asyncio.gather(
+            self.event_count(child) if fresh else _nothing(0),
             self.history_pages(child) if paged else _nothing(([], 1)),
         )
-        min_seq = max(min_seq, last)
-        if fresh and from_pages and from_pages[-1].seq >= min_seq:
+
+        def complete(found: list[StoredEvent]) -> bool:
+            # The log only grows (deny_delete), so the child's first `count` events are all there is.
+            return len(found) >= count and (not min_seq or (bool(found) and found[-1].seq >= min_seq))
+
+        if fresh and from_pages and complete(from_pages):
             return _upto(from_pages, upto_seq)  # nothing newer in the log: no need to ask the index
         log_start = from_pages[-1].seq + 1 if from_pages else 1
         started = asyncio.get_running_loop().time()
@@ -423,10 +425,11 @@ class EventLog:
             else:
                 rest = await self._read(subjects.STREAM, subjects.child_filter(child), log_start)
             found = from_pages + rest
-            if not min_seq or (found and found[-1].seq >= min_seq):
+            if complete(found):
                 return _upto(found, upto_seq)
             if waited > wait:
-                raise IndexBehind(f"neither the child index nor the log has reached sequence {min_seq} for {child}")
+                wanted = f"{count} events" + (f" and sequence {min_seq}" if min_seq else "")
+                raise IndexBehind(f"neither the child index nor the log has reached {wanted} for {child}")
             await asyncio.sleep(0.002)
 
     async def history_pages(self, child: str) -> tuple[list[StoredEvent], int]:

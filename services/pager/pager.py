@@ -8,8 +8,10 @@ and written together: a history is then a manifest, a handful of pages and a sho
 How: a consumer of its own reads the index from the last checkpoint, a batch at a time. A child's
 new events wait in memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are
 written as a run of pages; a new run absorbs the runs before it that are no bigger than it (and any
-beyond MAX_RUNS), so a child has O(log n) runs and each event is rewritten O(log n) times. The run's
-last page is the child's manifest; pages it supersedes are deleted after it is acknowledged.
+beyond MAX_RUNS, and all of a history of up to WHOLE_HISTORY_EVENTS), so a child has O(log n) runs
+and each event is rewritten O(log n) times (up to WHOLE_HISTORY_EVENTS times while the history is
+short). The run's last page is the child's manifest; pages it supersedes are deleted after it is
+acknowledged.
 
 Correctness never depends on the pager: a reader takes what the newest manifest names, checked,
 and reads the rest from the index. A pager that is behind, stopped or restarted makes reads
@@ -48,6 +50,10 @@ FLUSH_AFTER_S = 5.0
 PAGE_EVENTS = 512
 PAGE_BYTES = 256 * 1024  # well under max_payload (1 MB)
 MAX_RUNS = 8
+# A history this short is kept whole in its manifest: a first read then loads one message block
+# of REFBUS_PAGES, not one per run (a cold 8 MB block costs the server ~5 ms). Bounded, so
+# that rewriting the whole history at each flush stays cheap.
+WHOLE_HISTORY_EVENTS = 64
 FLUSHING_AT_ONCE = 32
 TICK_S = 0.25
 FETCH_BATCH = 1000
@@ -302,7 +308,12 @@ class HistoryPager:
                 total = len(events)
                 # A child not trusted since a server disruption has all its pages read back
                 # (and checked) once, merged into one run.
-                while kept and (kept[-1].events <= total or len(kept) >= MAX_RUNS or not child.trusted):
+                while kept and (
+                    kept[-1].events <= total
+                    or total + kept[-1].events <= WHOLE_HISTORY_EVENTS
+                    or len(kept) >= MAX_RUNS
+                    or not child.trusted
+                ):
                     run = kept.pop()
                     absorbed.insert(0, run)
                     total += run.events

@@ -17,7 +17,7 @@ from refbus.services.core.eventlog import EventLog
 from refbus.services.core.group_commit import GroupCommitWriter
 from refbus.services.core.natsserver import EmbeddedNats
 from refbus.services.core.runtime import connect
-from refbus.services.pager.pager import MAX_RUNS, HistoryPager, pager_checkpoint
+from refbus.services.pager.pager import MAX_RUNS, WHOLE_HISTORY_EVENTS, HistoryPager, pager_checkpoint
 from tests.factories import answer, new_child, request
 from tests.services import wait_for
 
@@ -105,6 +105,30 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
     await nc.close()
 
 
+async def test_a_short_history_is_kept_whole_in_its_manifest(own_server: EmbeddedNats) -> None:
+    """A typical child's first read then loads one message: no runs, every event in the manifest."""
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
+    child = new_child()
+    seqs: list[int] = []
+    async with running_pager(nc):
+        for _ in range(4):  # four flushes, each of which alone would start a run of its own
+            seqs += await record_referrals(eventlog, child, 2)
+            await paged_up_to_the_index(eventlog)
+        whole = await manifest_of(eventlog, child)
+        assert whole.runs == [[]] and [seq for seq, _, _ in whole.events] == seqs, whole.runs
+
+        # Past WHOLE_HISTORY_EVENTS the runs come back: each new event is no longer a rewrite of all.
+        seqs += await record_referrals(eventlog, child, WHOLE_HISTORY_EVENTS // 2)
+        await paged_up_to_the_index(eventlog)
+        seqs += await record_referrals(eventlog, child, 1)
+        await paged_up_to_the_index(eventlog)
+    runs = (await manifest_of(eventlog, child)).runs
+    assert len(runs) == 2, runs
+    assert [e.seq for e in (await eventlog.history_pages(child))[0]] == seqs
+    await nc.close()
+
+
 async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNats) -> None:
     eventlog = await provisioned_log(own_server)
     nc = eventlog.nc
@@ -184,7 +208,8 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
     child = new_child()
     async with running_pager(nc, request_timeout=2.0):
         seqs = []
-        for count in (8, 1):  # a run of 16 events, then one of 2 beside it (not merged: 16 > 2)
+        # A run too long to be kept whole, then one of 2 events beside it (not merged: longer > 2).
+        for count in (WHOLE_HISTORY_EVENTS // 2 + 1, 1):
             seqs += await record_referrals(eventlog, child, count)
             await paged_up_to_the_index(eventlog)
         manifest = await manifest_of(eventlog, child)
