@@ -229,8 +229,8 @@ class EventLog:
         sequence of this child known to be stored (the message being handled)."""
         for attempt in range(attempts):
             if state is None:
-                # A known sequence to wait for spares the leader round trip: if the child has moved
-                # on since, the server's sequence check says so and the next attempt reads again.
+                # Read-your-writes even with a known sequence to wait for: without asking the leader,
+                # recovery from a stream-leader failover broke (the cluster test).
                 state = await self.load(child, min_seq=min_seq)
             stored: list[int] = []
             try:

@@ -45,6 +45,20 @@ async def test_history_rebuilt_from_the_log_equals_what_happened(eventlog: Event
     assert state.last_seq == seqs[-1]
 
 
+async def test_a_childs_events_are_counted_across_its_subjects_and_no_one_elses(
+    eventlog: EventLog, child: str
+) -> None:
+    """What a read waits for: every event of the child, whichever sectors it went between."""
+    assert await eventlog.event_count(child) == 0
+    to_health = request(child, to=Sector.HEALTH)
+    to_justice = request(child, to=Sector.JUSTICE, service="birth_registration")
+    for event in (to_health, answer(ReferralReceived, to_health), to_justice):
+        await eventlog.record(event)
+    await eventlog.record(request(new_child()))  # another child's, on a subject beside them
+    assert await eventlog.event_count(child) == 3
+    assert len(await eventlog.history(child)) == 3
+
+
 async def test_history_as_of_a_sequence_is_the_past(eventlog: EventLog, child: str) -> None:
     req = request(child)
     first = await eventlog.record(req)
