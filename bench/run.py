@@ -241,6 +241,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def server_settled(pid: int, most_s: float = 5.0) -> float:
+    """Seconds until the server has used under a tenth of a core for a quarter second (at most
+    `most_s`). First reads are timed on a settled server: the pager stopped just before them, and
+    the server's own work after that stop (up to two cores for a quarter second, measured) would
+    otherwise be timed as the reads'. Waiting only makes the first reads colder: the server drops
+    a block it has not touched for 10 s."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < most_s:
+        before = cpu_seconds(pid)
+        await asyncio.sleep(0.25)
+        if cpu_seconds(pid) - before < 0.025:
+            break
+    return round(time.perf_counter() - start, 2)
+
+
 class PagerProcess:
     """The pager across the log measurements: stopped while appends are measured (like the sector
     services it is a consumer, and the raw side has none), restarted after (it resumes from its
@@ -407,6 +422,7 @@ async def measure_log(
     print("ingesting the pilot with `refbus import`, measuring one child's history on the way ...", flush=True)
     history: dict[str, dict[str, dict[str, float]]] = {}
     catch_up: dict[str, float] = {}
+    settled: dict[str, float] = {}
     ingest_seconds = 0.0
     imported = 0
     for size in (HISTORY_SIZES[0], HISTORY_SIZES[1], PILOT_EVENTS):
@@ -416,6 +432,7 @@ async def measure_log(
         catch_up[str(size)] = await index_catch_up(eventlog, size)
         if size in HISTORY_SIZES:
             paging[str(size)] = await pages_catch_up(eventlog)
+            settled[str(size)] = await server_settled(server.process.pid)
             history[str(size)] = await child_histories(eventlog, samples[size])
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
@@ -450,7 +467,9 @@ async def measure_log(
     pager.stop()
     results["pager_cpu_s_until_1m"] = round(pager.cpu_s, 1)
     results["pager_peak_rss_mb_until_1m"] = pager.peak_rss_mb
+    settled[str(HISTORY_SIZES[-1])] = await server_settled(server.process.pid)
     history[str(HISTORY_SIZES[-1])] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]])
+    results["server_settled_before_reads_s"] = settled
     # Checked after the timed reads, which must find the server's blocks as the fill left them.
     checked = [child for children in samples[HISTORY_SIZES[-1]].values() for child in children]
     results["pages_checked"] = await pages_complete(eventlog, checked)
