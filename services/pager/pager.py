@@ -51,8 +51,8 @@ PAGE_EVENTS = 512
 PAGE_BYTES = 256 * 1024  # well under max_payload (1 MB)
 MAX_RUNS = 8
 # A history this short is kept whole in its manifest: a first read then loads one message block
-# of REFBUS_PAGES, not one per run (a cold 8 MB block costs the server ~5 ms). Bounded, so
-# that rewriting the whole history at each flush stays cheap.
+# of REFBUS_PAGES, not one per run (a block the server no longer holds costs it 1-5 ms to load).
+# Bounded, so that rewriting the whole history at each flush stays cheap.
 WHOLE_HISTORY_EVENTS = 64
 FLUSHING_AT_ONCE = 32
 TICK_S = 0.25
@@ -201,8 +201,7 @@ class HistoryPager:
                         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CHILD_INDEX_STREAM}.{consumer}",
                                               request, reply=reply)
                         try:
-                            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that comes
-                            # as the wait ends, and a stopping pager then read on and never stopped.
+                            # Not asyncio.wait_for: see eventlog._MultiReplies.ask.
                             async with asyncio.timeout(FETCH_WAIT_S + self.timeout):
                                 await pull.done.wait()
                         except asyncio.CancelledError:
