@@ -43,6 +43,7 @@ from refbus.services.pager.pager import pager_checkpoint
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW_STREAM = "BENCHRAW"
 APPEND_EVENTS = 100_000
+APPEND_SEEDS = (3, 6, 7)  # one round of appends each: raw atomic batches, then refbus
 HISTORY_SIZES = (10_000, 100_000, 1_000_000)
 HISTORY_SAMPLES = 400
 REPLAY_TRIALS = 3
@@ -256,6 +257,15 @@ async def server_settled(pid: int, most_s: float = 5.0) -> float:
     return round(time.perf_counter() - start, 2)
 
 
+async def server_quiet(eventlog: EventLog, pid: int) -> float:
+    """Seconds until the child index has copied the whole log and the server has settled."""
+    start = time.perf_counter()
+    logged = (await eventlog.js.stream_info(subjects.STREAM)).state.messages
+    assert await eventlog.index_missing(logged, wait=60) == 0, "the index did not catch up in a minute"
+    await server_settled(pid)
+    return round(time.perf_counter() - start, 2)
+
+
 class PagerProcess:
     """The pager across the log measurements: stopped while appends are measured (like the sector
     services it is a consumer, and the raw side has none), restarted after (it resumes from its
@@ -395,7 +405,7 @@ def environment(server_version: str) -> dict[str, object]:
             **{name: metadata.version(name) for name in ("nats-py", "faststream", "msgspec", "refbus")},
         },
         "fsync": f"sync_interval: {fsync} (both sides: same server, same stream settings)",
-        "seeds": {"pilot": 1, "fill": 2, "append": [3, 6], "samples": 4},
+        "seeds": {"pilot": 1, "fill": 2, "append": list(APPEND_SEEDS), "samples": 4},
     }
 
 
@@ -438,18 +448,26 @@ async def measure_log(
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
 
     pager.stop()
-    print(f"appending 2 x {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...", flush=True)
-    # Atomic batches and refbus take turns, twice, each with fresh events; the best of each counts
-    # (this machine's throughput wanders by a quarter from one second to the next).
+    print(f"appending {len(appended)} x {APPEND_EVENTS:,} events: raw publish_async, raw atomic batches, refbus ...",
+          flush=True)
+    # Atomic batches and refbus take turns, each round with fresh events; the best of each counts
+    # (this machine's throughput wanders by a quarter from one second to the next). Every trial
+    # starts on a quiet server, so that none pays for the one before it: the child index goes on
+    # copying refbus's appends for a moment after they are acknowledged.
     payloads = [[(f"bench.raw.{e.child}.{e.from_sector.value}.none", codec.encode(e)) for e in es] for es in appended]
     trials: dict[str, list[float]] = {"raw_atomic_batch_500": [], "refbus_group_commit": []}
+    quiet_before_appends: list[float] = []
     for events, raw in zip(appended, payloads, strict=True):
+        quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
         trials["raw_atomic_batch_500"].append(await raw_atomic_batches(nc, raw))
+        quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
         trials["refbus_group_commit"].append(await our_append(eventlog, events))
+    quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
     rates = {"raw_publish_async": await raw_publish_async(nc, payloads[0]), **{k: max(v) for k, v in trials.items()}}
     ceiling = max(rates["raw_publish_async"], rates["raw_atomic_batch_500"])
     results["append_events_per_s"] = {k: round(v) for k, v in rates.items()}
     results["append_trials_events_per_s"] = {k: [round(x) for x in v] for k, v in trials.items()}
+    results["server_quiet_before_append_trials_s"] = quiet_before_appends
     results["append_ratio"] = round(rates["refbus_group_commit"] / ceiling, 3)
 
     pager.start()
@@ -502,8 +520,8 @@ async def run(workdir: Path) -> dict[str, object]:
     pilot_file, fill_file = workdir / "pilot.jsonl", workdir / "fill.jsonl"
     write_jsonl(pilot, pilot_file)
     del pilot
-    write_jsonl(pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - 2 * APPEND_EVENTS), fill_file)
-    appended = [pilot_events(seed=seed, total=APPEND_EVENTS) for seed in (3, 6)]
+    appended = [pilot_events(seed=seed, total=APPEND_EVENTS) for seed in APPEND_SEEDS]
+    write_jsonl(pilot_events(seed=2, total=HISTORY_SIZES[-1] - PILOT_EVENTS - len(appended) * APPEND_EVENTS), fill_file)
     # The files are the workload: what stays in memory is frozen out of the garbage collector, so
     # that the bench's own heap does not slow the side it measures (a million events held in
     # memory made every full collection cost tens of milliseconds: the ingest took 64 s, 50 s without).
