@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -200,12 +201,17 @@ def history_samples(events: list[Event]) -> Samples:
     }
 
 
-async def child_histories(eventlog: EventLog, samples: Samples) -> dict[str, dict[str, float]]:
+async def child_histories(
+    eventlog: EventLog, samples: Samples, server_gc: "ServerGC"
+) -> tuple[dict[str, dict[str, float]], list[float]]:
+    """Each sample's read times, and the server's collections during the first reads."""
+    start = time.perf_counter()
     results = {name: await child_history(eventlog, children) for name, children in samples.items()}
+    collections = server_gc.marks_ms(start, time.perf_counter())
     # The same children once more: the server has their message blocks in memory now, so the
     # difference from the first pass is what loading blocks from disk costs.
     results["uniform_again"] = await child_history(eventlog, samples["uniform"])
-    return results
+    return results, collections
 
 
 # -- end to end, with the four sector services as processes -----------------------------------------
@@ -240,6 +246,42 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+GC_CYCLE = re.compile(r"^gc \d+ @(?P<at>[\d.]+)s [^:]*: [\d.]+\+(?P<mark>[\d.]+)\+[\d.]+ ms clock")
+
+
+class ServerGC:
+    """The server's garbage collections, from the line per cycle that GODEBUG=gctrace=1 makes it
+    write to its log, to tell whether one overlapped a timed pass. On 2 cores the mark phase of a
+    large heap takes CPU from the server's other work and from the client: in the log-only runs,
+    first reads at 1M events had p99 11-25 ms when a 250-300 ms mark of a ~600 MB heap overlapped
+    them, and 3-5 ms when none did."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.log = data_dir / "nats-server.log"
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
+        self.started = time.perf_counter()
+
+    @classmethod
+    def server(cls, data_dir: Path) -> tuple[EmbeddedNats, "ServerGC"]:
+        """A server started with its collections traced (its start time taken just before)."""
+        server = EmbeddedNats(data_dir, env={"GODEBUG": "gctrace=1"})
+        traced = cls(data_dir)
+        return server.start(), traced
+
+    def marks_ms(self, start: float, end: float) -> list[float]:
+        """The mark phase, in ms, of each collection that overlapped [start, end] (perf_counter)."""
+        with self.log.open("rb") as log_file:
+            log_file.seek(self.offset)
+            lines = log_file.read().decode(errors="replace").splitlines()
+        marks = []
+        for line in lines:
+            if (cycle := GC_CYCLE.match(line)) is not None:
+                began, mark_ms = self.started + float(cycle["at"]), float(cycle["mark"])
+                if began < end and began + mark_ms / 1000 > start:
+                    marks.append(mark_ms)
+        return marks
 
 
 async def server_settled(pid: int, most_s: float = 5.0) -> float:
@@ -305,7 +347,7 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
 
 
 async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS) -> dict[str, object]:
-    server = EmbeddedNats(workdir).start()
+    server, server_gc = ServerGC.server(workdir)
     services: dict[Sector, subprocess.Popen[bytes]] = {}
     pager: subprocess.Popen[bytes] | None = None
     try:
@@ -348,6 +390,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
                 break
             await asyncio.sleep(0.5)
         busy = time.perf_counter() - start
+        collections = server_gc.marks_ms(start, start + busy)
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
         cpu["generator"] = time.process_time() - cpu_before["generator"]
         requested: dict[object, datetime] = {}
@@ -379,6 +422,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
         # CPU used from the first referral until every inbox was drained, as a share of one core.
         "cpu_share_of_one_core": {name: round(used / busy, 2) for name, used in cpu.items()},
         "drained_after_s": round(busy, 1),
+        "server_gc_marks_ms": collections,
         "service_peak_rss_mb": memory,
     }
 
@@ -411,6 +455,7 @@ def environment(server_version: str) -> dict[str, object]:
 
 async def measure_log(
     server: EmbeddedNats,
+    server_gc: ServerGC,
     pager: PagerProcess,
     samples: dict[int, Samples],
     pilot_file: Path,
@@ -433,6 +478,7 @@ async def measure_log(
     history: dict[str, dict[str, dict[str, float]]] = {}
     catch_up: dict[str, float] = {}
     settled: dict[str, float] = {}
+    collections: dict[str, list[float]] = {}
     ingest_seconds = 0.0
     imported = 0
     for size in (HISTORY_SIZES[0], HISTORY_SIZES[1], PILOT_EVENTS):
@@ -443,7 +489,7 @@ async def measure_log(
         if size in HISTORY_SIZES:
             paging[str(size)] = await pages_catch_up(eventlog)
             settled[str(size)] = await server_settled(server.process.pid)
-            history[str(size)] = await child_histories(eventlog, samples[size])
+            history[str(size)], collections[str(size)] = await child_histories(eventlog, samples[size], server_gc)
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
 
@@ -486,8 +532,10 @@ async def measure_log(
     results["pager_cpu_s_until_1m"] = round(pager.cpu_s, 1)
     results["pager_peak_rss_mb_until_1m"] = pager.peak_rss_mb
     settled[str(HISTORY_SIZES[-1])] = await server_settled(server.process.pid)
-    history[str(HISTORY_SIZES[-1])] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]])
+    size = str(HISTORY_SIZES[-1])
+    history[size], collections[size] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]], server_gc)
     results["server_settled_before_reads_s"] = settled
+    results["server_gc_marks_during_first_reads_ms"] = collections
     # Checked after the timed reads, which must find the server's blocks as the fill left them.
     checked = [child for children in samples[HISTORY_SIZES[-1]].values() for child in children]
     results["pages_checked"] = await pages_complete(eventlog, checked)
@@ -528,10 +576,10 @@ async def run(workdir: Path) -> dict[str, object]:
     gc.collect()
     gc.freeze()
 
-    server = EmbeddedNats(workdir / "nats").start()
+    server, server_gc = ServerGC.server(workdir / "nats")
     pager = PagerProcess(server.url)
     try:
-        results = await measure_log(server, pager, samples, pilot_file, fill_file, appended)
+        results = await measure_log(server, server_gc, pager, samples, pilot_file, fill_file, appended)
     finally:
         pager.stop()
         server.stop()  # also when a measurement fails: no orphaned processes
@@ -544,7 +592,13 @@ async def run(workdir: Path) -> dict[str, object]:
     for rate in SWEEP_RATES:
         print(f"end to end: {rate} referrals/s for {SWEEP_SECONDS} s ...", flush=True)
         run_at = await end_to_end(workdir / f"e2e-{rate}", rate, SWEEP_SECONDS)
-        kept = ("offered_referrals_per_s", "request_to_received_ms", "request_to_accepted_ms", "cpu_share_of_one_core")
+        kept = (
+            "offered_referrals_per_s",
+            "request_to_received_ms",
+            "request_to_accepted_ms",
+            "cpu_share_of_one_core",
+            "server_gc_marks_ms",
+        )
         results["end_to_end_by_rate"][str(rate)] = {k: run_at[k] for k in kept}
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
@@ -575,6 +629,12 @@ def table(results: dict) -> str:
             f"{uniform['p50']:>7}/{uniform['p99']:<8}(again {again['p50']}/{again['p99']};"
             f" by activity {weighted['p50']}/{weighted['p99']})   p99 <= 5, flat"
         )
+    if "server_gc_marks_during_first_reads_ms" in results:
+        marks = "; ".join(
+            f"{format(int(size), ',')}: {'/'.join(format(m, 'g') for m in ms_) or 'none'}"
+            for size, ms_ in results["server_gc_marks_during_first_reads_ms"].items()
+        )
+        lines.append(f"{'   server GC marks during first reads, ms':<46}{marks}")
     if "pages_stream" in results:
         waits = "/".join(str(v) for v in results["pages_catch_up_after_ingest_s"].values())
         lines.append(
@@ -588,7 +648,11 @@ def table(results: dict) -> str:
             f"{name.replace('_ms', '') + ' p50/p99/p99.9 ms':<46}"
             f"{stats['p50']:>6}/{stats['p99']}/{stats['p99.9']}" + ("   p99 < 50" if "received" in name else "")
         )
-    lines.append(f"{'   at offered load, referrals/s':<46}{e['offered_referrals_per_s']:>14}")
+    lines.append(
+        f"{'   at offered load, referrals/s':<46}{e['offered_referrals_per_s']:>14}"
+        f"   (server GC marks meanwhile: {len(e.get('server_gc_marks_ms', []))}, "
+        f"{sum(e.get('server_gc_marks_ms', [])):g} ms in all)"
+    )
     for rate, at in results.get("end_to_end_by_rate", {}).items():
         got, ok = at["request_to_received_ms"], at["request_to_accepted_ms"]
         lines.append(

