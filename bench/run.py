@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime
 from importlib import metadata
@@ -37,7 +38,7 @@ from refbus.services.core import streams
 from refbus.services.core.batches import new_batch_id
 from refbus.services.core.eventlog import EventLog
 from refbus.services.core.group_commit import GroupCommitWriter
-from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats
+from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats, free_port
 from refbus.services.core.runtime import connect
 from refbus.services.pager.pager import pager_checkpoint
 
@@ -203,11 +204,14 @@ def history_samples(events: list[Event]) -> Samples:
 
 async def child_histories(
     eventlog: EventLog, samples: Samples, server_gc: "ServerGC"
-) -> tuple[dict[str, dict[str, float]], list[float]]:
-    """Each sample's read times, and the server's collections during the first reads."""
-    start = time.perf_counter()
-    results = {name: await child_history(eventlog, children) for name, children in samples.items()}
-    collections = server_gc.marks_ms(start, time.perf_counter())
+) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Each sample's read times, and the server's collections during each sample's first reads."""
+    results: dict[str, dict[str, float]] = {}
+    collections: dict[str, dict[str, list[float]]] = {}
+    for name, children in samples.items():
+        start = time.perf_counter()
+        results[name] = await child_history(eventlog, children)
+        collections[name] = server_gc.marks_ms(start, time.perf_counter())
     # The same children once more: the server has their message blocks in memory now, so the
     # difference from the first pass is what loading blocks from disk costs.
     results["uniform_again"] = await child_history(eventlog, samples["uniform"])
@@ -252,23 +256,32 @@ GC_CYCLE = re.compile(r"^gc \d+ @(?P<at>[\d.]+)s [^:]*: [\d.]+\+(?P<mark>[\d.]+)
 
 
 class ServerGC:
-    """The server's garbage collections, from the line per cycle that GODEBUG=gctrace=1 makes it
-    write to its log, to tell whether one overlapped a timed pass. On 2 cores the mark phase of a
-    large heap takes CPU from the server's other work and from the client: in the log-only runs,
-    first reads at 1M events had p99 11-25 ms when a 250-300 ms mark of a ~600 MB heap overlapped
-    them, and 3-5 ms when none did."""
+    """The server's garbage collector, traced and forced. Traced: GODEBUG=gctrace=1 makes the
+    server write a line per collection to its log, so a result can say whether one overlapped a
+    timed pass. Forced: through the server's profiling port (on 127.0.0.1), so that a pass does
+    not start with the garbage of the bulk load before it. On 2 cores, the mark phase of the
+    server's ~600 MB heap at 1M events (250-400 ms) takes CPU from everything else: first reads
+    at 1M that it overlapped had p99 11-25 ms, against 3-5 ms in the runs it did not."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, profile_port: int) -> None:
         self.log = data_dir / "nats-server.log"
         self.offset = self.log.stat().st_size if self.log.exists() else 0
+        self.profile_port = profile_port
         self.started = time.perf_counter()
 
     @classmethod
     def server(cls, data_dir: Path) -> tuple[EmbeddedNats, "ServerGC"]:
         """A server started with its collections traced (its start time taken just before)."""
-        server = EmbeddedNats(data_dir, env={"GODEBUG": "gctrace=1"})
-        traced = cls(data_dir)
+        port = free_port()
+        server = EmbeddedNats(data_dir, extra_args=("--profile", str(port)), env={"GODEBUG": "gctrace=1"})
+        traced = cls(data_dir, port)
         return server.start(), traced
+
+    def collect(self) -> None:
+        """A full collection, now (the heap profile with gc=1 runs one before it answers)."""
+        url = f"http://127.0.0.1:{self.profile_port}/debug/pprof/heap?gc=1"
+        with urllib.request.urlopen(url, timeout=60) as reply:
+            reply.read()
 
     def marks_ms(self, start: float, end: float) -> list[float]:
         """The mark phase, in ms, of each collection that overlapped [start, end] (perf_counter)."""
@@ -284,27 +297,31 @@ class ServerGC:
         return marks
 
 
-async def server_settled(pid: int, most_s: float = 5.0) -> float:
-    """Seconds until the server has used under a tenth of a core for a quarter second (at most
-    `most_s`). First reads are timed on a settled server: the pager stopped just before them, and
-    the server's own work after that stop (up to two cores for a quarter second, measured) would
-    otherwise be timed as the reads'. Waiting only makes the first reads colder: the server drops
-    a block it has not touched for 10 s."""
+async def server_settled(server: EmbeddedNats, server_gc: ServerGC, most_s: float = 5.0) -> float:
+    """Seconds until the server has collected its garbage and then used under a tenth of a core
+    for a quarter second (at most `most_s` for the second). Timed passes start on a settled
+    server: the server's own work after a bulk load or the pager's stop (up to two cores for a
+    quarter second, measured), and the collection that load has made due, would otherwise be timed
+    as the pass's. Waiting only makes first reads colder: the server drops a block it has not
+    touched for 10 s."""
+    assert server.process is not None
     start = time.perf_counter()
-    while time.perf_counter() - start < most_s:
-        before = cpu_seconds(pid)
+    await asyncio.to_thread(server_gc.collect)
+    waited_from = time.perf_counter()
+    while time.perf_counter() - waited_from < most_s:
+        before = cpu_seconds(server.process.pid)
         await asyncio.sleep(0.25)
-        if cpu_seconds(pid) - before < 0.025:
+        if cpu_seconds(server.process.pid) - before < 0.025:
             break
     return round(time.perf_counter() - start, 2)
 
 
-async def server_quiet(eventlog: EventLog, pid: int) -> float:
+async def server_quiet(eventlog: EventLog, server: EmbeddedNats, server_gc: ServerGC) -> float:
     """Seconds until the child index has copied the whole log and the server has settled."""
     start = time.perf_counter()
     logged = (await eventlog.js.stream_info(subjects.STREAM)).state.messages
     assert await eventlog.index_missing(logged, wait=60) == 0, "the index did not catch up in a minute"
-    await server_settled(pid)
+    await server_settled(server, server_gc)
     return round(time.perf_counter() - start, 2)
 
 
@@ -488,7 +505,7 @@ async def measure_log(
         catch_up[str(size)] = await index_catch_up(eventlog, size)
         if size in HISTORY_SIZES:
             paging[str(size)] = await pages_catch_up(eventlog)
-            settled[str(size)] = await server_settled(server.process.pid)
+            settled[str(size)] = await server_settled(server, server_gc)
             history[str(size)], collections[str(size)] = await child_histories(eventlog, samples[size], server_gc)
     results["pilot_ingest_s"] = round(ingest_seconds, 2)
     results["pilot_ingest_events_per_s"] = round(PILOT_EVENTS / ingest_seconds)
@@ -504,11 +521,11 @@ async def measure_log(
     trials: dict[str, list[float]] = {"raw_atomic_batch_500": [], "refbus_group_commit": []}
     quiet_before_appends: list[float] = []
     for events, raw in zip(appended, payloads, strict=True):
-        quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
+        quiet_before_appends.append(await server_quiet(eventlog, server, server_gc))
         trials["raw_atomic_batch_500"].append(await raw_atomic_batches(nc, raw))
-        quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
+        quiet_before_appends.append(await server_quiet(eventlog, server, server_gc))
         trials["refbus_group_commit"].append(await our_append(eventlog, events))
-    quiet_before_appends.append(await server_quiet(eventlog, server.process.pid))
+    quiet_before_appends.append(await server_quiet(eventlog, server, server_gc))
     rates = {"raw_publish_async": await raw_publish_async(nc, payloads[0]), **{k: max(v) for k, v in trials.items()}}
     ceiling = max(rates["raw_publish_async"], rates["raw_atomic_batch_500"])
     results["append_events_per_s"] = {k: round(v) for k, v in rates.items()}
@@ -531,7 +548,7 @@ async def measure_log(
     pager.stop()
     results["pager_cpu_s_until_1m"] = round(pager.cpu_s, 1)
     results["pager_peak_rss_mb_until_1m"] = pager.peak_rss_mb
-    settled[str(HISTORY_SIZES[-1])] = await server_settled(server.process.pid)
+    settled[str(HISTORY_SIZES[-1])] = await server_settled(server, server_gc)
     size = str(HISTORY_SIZES[-1])
     history[size], collections[size] = await child_histories(eventlog, samples[HISTORY_SIZES[-1]], server_gc)
     results["server_settled_before_reads_s"] = settled
@@ -630,11 +647,13 @@ def table(results: dict) -> str:
             f" by activity {weighted['p50']}/{weighted['p99']})   p99 <= 5, flat"
         )
     if "server_gc_marks_during_first_reads_ms" in results:
+        # For each log size: the marks during the typical children's reads, then the weighted ones'.
         marks = "; ".join(
-            f"{format(int(size), ',')}: {'/'.join(format(m, 'g') for m in ms_) or 'none'}"
-            for size, ms_ in results["server_gc_marks_during_first_reads_ms"].items()
+            f"{format(int(size), ',')}: "
+            + ", ".join("/".join(format(m, "g") for m in by_sample[name]) or "-" for name in by_sample)
+            for size, by_sample in results["server_gc_marks_during_first_reads_ms"].items()
         )
-        lines.append(f"{'   server GC marks during first reads, ms':<46}{marks}")
+        lines.append(f"{'   server GC marks in first reads (typ., act.), ms':<46}  {marks}")
     if "pages_stream" in results:
         waits = "/".join(str(v) for v in results["pages_catch_up_after_ingest_s"].values())
         lines.append(
