@@ -126,6 +126,7 @@ class HistoryPager:
         self._checkpoint = 0
         self._checkpoint_seq = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self._flushing = asyncio.Semaphore(FLUSHING_AT_ONCE)
         self._looking_up = asyncio.Semaphore(LOOK_UPS_AT_ONCE)
         self.pages_written = 0
@@ -147,6 +148,10 @@ class HistoryPager:
 
     async def stop(self) -> None:
         """Stop reading, page what is pending, checkpoint."""
+        # A flag as well as the cancel: nats-py awaits its replies with asyncio.wait_for, which on
+        # Python 3.11 loses a cancel that comes with the reply, and the loop that asked went on
+        # (a bench run waited for the pager's exit for good, its flush loop still ticking).
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -173,7 +178,7 @@ class HistoryPager:
         events went missing without a sign; nats-py's fetch costs a task and a timer per message.)
         The index is never deleted from, so its sequences are contiguous: a gap is a lost delivery,
         and the consumer is made again from the last event sorted, as after any error."""
-        while True:
+        while not self._stopping:
             consumer = ""
             try:
                 consumer = self.nc.new_inbox().rpartition(".")[2]
@@ -196,7 +201,7 @@ class HistoryPager:
                 # quiet, one per FETCH_BATCH events under load.
                 request = json.dumps({"batch": FETCH_BATCH, "expires": int(FETCH_WAIT_S * 1e9)}).encode()
                 try:
-                    while True:
+                    while not self._stopping:
                         pull.begin(FETCH_BATCH)
                         await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CHILD_INDEX_STREAM}.{consumer}",
                                               request, reply=reply)
@@ -277,7 +282,7 @@ class HistoryPager:
     # -- writing pages ---------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(TICK_S)
             try:
                 await self._flush_due()

@@ -3,6 +3,7 @@ into few runs; histories read through them equal the log; a restart resumes with
 doubles; and reads stay right while the pager is behind or stopped."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -173,6 +174,36 @@ async def test_a_pager_stopped_while_it_deletes_superseded_pages_pages_nothing_t
         await paged_up_to_the_index(eventlog)
     paged, _ = await eventlog.history_pages(child)
     assert [e.seq for e in paged] == seqs
+    await nc.close()
+
+
+async def test_a_pager_stops_when_a_cancel_is_lost(own_server: EmbeddedNats) -> None:
+    """nats-py awaits its replies with asyncio.wait_for, which on Python 3.11 loses a cancel that
+    comes with the reply: a stop must not rest on the cancel alone, and still pages what it holds."""
+    eventlog = await provisioned_log(own_server)
+    nc = eventlog.nc
+    child = new_child()
+    seqs = await record_referrals(eventlog, child, 2)
+    asked = asyncio.Event()
+
+    class LosesACancel(HistoryPager):
+        async def _write_checkpoint(self) -> None:
+            if self._dirty and not asked.is_set():  # once the events are read and held
+                asked.set()
+                with contextlib.suppress(asyncio.CancelledError):  # as wait_for may lose it
+                    await asyncio.sleep(30)
+            await super()._write_checkpoint()
+
+    pager = LosesACancel(nc, flush_after=60)  # nothing is due before the stop
+    await pager.start()
+    await asyncio.wait_for(asked.wait(), 10)
+    async with asyncio.timeout(10):
+        await pager.stop()
+
+    paged, _ = await eventlog.history_pages(child)
+    assert [e.seq for e in paged] == seqs, "held events paged on the way out"
+    index_last = (await nc.jetstream().stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
+    assert await pager_checkpoint(nc) == index_last
     await nc.close()
 
 
