@@ -325,6 +325,25 @@ async def server_quiet(eventlog: EventLog, server: EmbeddedNats, server_gc: Serv
     return round(time.perf_counter() - start, 2)
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]], wait: float = 10.0) -> None:
+    """SIGTERM to each, and `wait` seconds for all to exit. One still running then is killed and
+    named in the error raised once all are gone: a hang at shutdown is a defect to see, and it
+    must not leave the server and the other services running."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + wait
+    hung = []
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            hung.append(" ".join(map(str, process.args)))  # type: ignore[arg-type]
+    if hung:
+        raise RuntimeError(f"still running {wait} s after SIGTERM, killed: {hung}")
+
+
 class PagerProcess:
     """The pager across the log measurements: stopped while appends are measured (like the sector
     services it is a consumer, and the raw side has none), restarted after (it resumes from its
@@ -345,9 +364,8 @@ class PagerProcess:
             return
         self.cpu_s += cpu_seconds(self.process.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb(self.process.pid))
-        self.process.terminate()  # it pages what it holds and checkpoints on the way out
-        self.process.wait(60)
-        self.process = None
+        process, self.process = self.process, None
+        stop_all([process], wait=60)  # it pages what it holds and checkpoints on the way out
 
 
 def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
@@ -424,12 +442,10 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
         memory["pager"] = peak_rss_mb(pager.pid)
         await nc.close()
     finally:
-        others = [*services.values(), *([pager] if pager else [])]
-        for process in others:
-            process.terminate()
-        for process in others:
-            process.wait(10)
-        server.stop()  # also when a measurement fails: no orphaned processes
+        try:
+            stop_all([*services.values(), *([pager] if pager else [])])
+        finally:
+            server.stop()  # also when a measurement fails: no orphaned processes
     return {
         "offered_referrals_per_s": round(offered, 1),
         "referrals": total,
