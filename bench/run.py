@@ -260,7 +260,7 @@ class ServerGC:
     server write a line per collection to its log, so a result can say whether one overlapped a
     timed pass. Forced: through the server's profiling port (on 127.0.0.1), so that a pass does
     not start with the garbage of the bulk load before it. On 2 cores, the mark phase of the
-    server's ~600 MB heap at 1M events (250-400 ms) takes CPU from everything else: first reads
+    server's ~600 MB heap at 1M events (250-450 ms) takes CPU from everything else: first reads
     at 1M that it overlapped had p99 11-25 ms, against 3-5 ms in most runs it did not."""
 
     def __init__(self, data_dir: Path, profile_port: int) -> None:

@@ -3,9 +3,8 @@ into few runs; histories read through them equal the log; a restart resumes with
 doubles; and reads stay right while the pager is behind or stopped."""
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from nats.aio.client import Client as NATS
 
@@ -190,7 +189,7 @@ async def test_a_pager_stops_when_a_cancel_is_lost(own_server: EmbeddedNats) -> 
         async def _write_checkpoint(self) -> None:
             if self._dirty and not asked.is_set():  # once the events are read and held
                 asked.set()
-                with contextlib.suppress(asyncio.CancelledError):  # as wait_for may lose it
+                with suppress(asyncio.CancelledError):  # as wait_for may lose it
                     await asyncio.sleep(30)
             await super()._write_checkpoint()
 
