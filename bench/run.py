@@ -319,8 +319,7 @@ async def server_settled(server: EmbeddedNats, server_gc: ServerGC, most_s: floa
 async def server_quiet(eventlog: EventLog, server: EmbeddedNats, server_gc: ServerGC) -> float:
     """Seconds until the child index has copied the whole log and the server has settled."""
     start = time.perf_counter()
-    logged = (await eventlog.js.stream_info(subjects.STREAM)).state.messages
-    assert await eventlog.index_missing(logged, wait=60) == 0, "the index did not catch up in a minute"
+    await index_catch_up(eventlog, (await eventlog.js.stream_info(subjects.STREAM)).state.messages)
     await server_settled(server, server_gc)
     return round(time.perf_counter() - start, 2)
 
