@@ -34,13 +34,13 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
 from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
-from refbus.services.core import streams
-from refbus.services.core.batches import new_batch_id
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.group_commit import GroupCommitWriter
-from refbus.services.core.natsserver import DEFAULT_CONFIG, EmbeddedNats, free_port
-from refbus.services.core.runtime import connect
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.bulk import BulkWriter
+from refbus.services.eventstore.jetstream import new_batch_id
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import pager_checkpoint
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import DEFAULT_CONFIG, EmbeddedNats, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW_STREAM = "BENCHRAW"
@@ -121,15 +121,15 @@ async def raw_replay(nc: nats.NATS, count: int) -> float:
 # -- our side -------------------------------------------------------------------------------------
 
 
-async def our_append(eventlog: EventLog, events: list[Event]) -> float:
+async def our_append(eventlog: JetStreamEventStore, events: list[Event]) -> float:
     start = time.perf_counter()
-    report = await GroupCommitWriter(eventlog).write(events)
+    report = await BulkWriter(eventlog).write(events)
     elapsed = time.perf_counter() - start
     assert report.stored == len(events) and not report.refused, report
     return len(events) / elapsed
 
 
-async def our_replay(eventlog: EventLog) -> tuple[float, int]:
+async def our_replay(eventlog: JetStreamEventStore) -> tuple[float, int]:
     start = time.perf_counter()
     count = 0
     async for stored in eventlog.replay():
@@ -137,7 +137,7 @@ async def our_replay(eventlog: EventLog) -> tuple[float, int]:
     return count / (time.perf_counter() - start), count
 
 
-async def child_history(eventlog: EventLog, children: list[str]) -> dict[str, float]:
+async def child_history(eventlog: JetStreamEventStore, children: list[str]) -> dict[str, float]:
     timings = []
     for child in children:
         start = time.perf_counter()
@@ -147,7 +147,7 @@ async def child_history(eventlog: EventLog, children: list[str]) -> dict[str, fl
     return ms(timings)
 
 
-async def index_catch_up(eventlog: EventLog, size: int) -> float:
+async def index_catch_up(eventlog: JetStreamEventStore, size: int) -> float:
     """Seconds until the child index has copied everything ingested so far (it trails a bulk load)."""
     start = time.perf_counter()
     missing = await eventlog.index_missing(size, wait=300)
@@ -155,7 +155,7 @@ async def index_catch_up(eventlog: EventLog, size: int) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-async def pages_catch_up(eventlog: EventLog) -> float:
+async def pages_catch_up(eventlog: JetStreamEventStore) -> float:
     """Seconds until the history pager has paged the whole index (it trails a bulk load too; until
     then reads take what is paged and the rest from the index)."""
     start = time.perf_counter()
@@ -166,11 +166,11 @@ async def pages_catch_up(eventlog: EventLog) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-async def pages_complete(eventlog: EventLog, children: list[str]) -> str:
+async def pages_complete(eventlog: JetStreamEventStore, children: list[str]) -> str:
     """Once the pager has caught up, each child's pages hold exactly its events in the index."""
     counts = await eventlog.children()
     for child in set(children):
-        paged, _ = await eventlog.history_pages(child)
+        paged, _ = await eventlog.reader.history_pages(child)
         assert len(paged) == counts[child], f"{child}: {len(paged)} paged of {counts[child]}"
     return f"{len(set(children))} children: pages hold every event"
 
@@ -203,7 +203,7 @@ def history_samples(events: list[Event]) -> Samples:
 
 
 async def child_histories(
-    eventlog: EventLog, samples: Samples, server_gc: "ServerGC"
+    eventlog: JetStreamEventStore, samples: Samples, server_gc: "ServerGC"
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
     """Each sample's read times, and the server's collections during each sample's first reads."""
     results: dict[str, dict[str, float]] = {}
@@ -316,7 +316,7 @@ async def server_settled(server: EmbeddedNats, server_gc: ServerGC, most_s: floa
     return round(time.perf_counter() - start, 2)
 
 
-async def server_quiet(eventlog: EventLog, server: EmbeddedNats, server_gc: ServerGC) -> float:
+async def server_quiet(eventlog: JetStreamEventStore, server: EmbeddedNats, server_gc: ServerGC) -> float:
     """Seconds until the child index has copied the whole log and the server has settled."""
     start = time.perf_counter()
     await index_catch_up(eventlog, (await eventlog.js.stream_info(subjects.STREAM)).state.messages)
@@ -390,7 +390,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
         services = start_services(server.url)
         pager = start_pager(server.url)
         await asyncio.sleep(3)  # let each service connect and bind its inbox
-        eventlog = EventLog(nc)
+        eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
         services_by_sector = {
             Sector.HEALTH: "vaccination",
@@ -412,7 +412,8 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
             # Open loop: each referral leaves at its own time, whatever happened to the previous one.
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             to = sectors[i % 3]
-            task = asyncio.create_task(eventlog.record(referral(to, services_by_sector[to], rng)))
+            event = referral(to, services_by_sector[to], rng)
+            task = asyncio.create_task(eventlog.transact(event.child, lambda _state, e=event: [e]))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
@@ -501,7 +502,7 @@ async def measure_log(
     raw_config = streams.log_config()
     raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
     await js.add_stream(raw_config)
-    eventlog = EventLog(nc, timeout=10)
+    eventlog = JetStreamEventStore(nc, timeout=10)
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
     paging: dict[str, float] = {}
     pager.start()

@@ -24,16 +24,16 @@ from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import checkpoint_path, import_jsonl, print_progress
-from refbus.services.core.eventlog import EventLog, StoredEvent
-from refbus.services.core.group_commit import GroupCommitWriter
-from refbus.services.core.logs import configure_logging
-from refbus.services.core.runner import history_pager, sector_services
-from refbus.services.core.runtime import open_bus
-from refbus.services.core.sector_service import sector_app_factory
-from refbus.services.core.settings import Settings
+from refbus.services.eventstore.bulk import write_all
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.eventstore.records import StoredEvent
 from refbus.services.pager.main import create_app as pager_app
-from refbus.services.referral.audit import Auditor
-from refbus.services.referral.lifecycle import IllegalEvent
+from refbus.services.rules.audit import DEFAULT_DEADLINES, audit_replay
+from refbus.services.rules.lifecycle import IllegalEvent
+from refbus.services.runtime.bus import open_bus
+from refbus.services.runtime.in_process import SECTOR_APPS, history_pager, sector_services
+from refbus.services.runtime.logs import configure_logging
+from refbus.services.runtime.settings import Settings
 from refbus.summary import summarise
 
 log = structlog.get_logger("refbus")
@@ -149,18 +149,17 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         os.nice(19)  # background work: the sector services on the same machine come first
         app = pager_app(settings)
     else:
-        app = sector_app_factory(Sector(args.sector))(settings)
+        app = SECTOR_APPS[Sector(args.sector)](settings)
     await app.run()
     return 0
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings):
-        eventlog = EventLog(bus.nc)
-        writer = GroupCommitWriter(eventlog)
+        eventlog = JetStreamEventStore(bus.nc)
         sent = 0
         for case in community(args.children, args.seed):
-            await writer.write(case.events)
+            await write_all(eventlog, case.events)
             sent += len(case.referrals)
         print(f"community of {args.children} children (seed {args.seed}) sent {sent} referrals; waiting to settle",
               flush=True)
@@ -196,7 +195,8 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     async with open_bus(settings) as bus:
         try:
-            seq = await EventLog(bus.nc).record(event)
+            stored = (await JetStreamEventStore(bus.nc).transact(event.child, lambda _state: [event])).stored
+            seq = stored[0] if stored else None
         except IllegalEvent as exc:
             print(f"refused: {exc.reason}", file=sys.stderr)
             return 2
@@ -206,7 +206,7 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus:
-        found = await EventLog(bus.nc).children()
+        found = await JetStreamEventStore(bus.nc).children()
     if args.json:
         print(json.dumps([{"child": c, "events": n} for c, n in sorted(found.items())]))
     else:
@@ -217,7 +217,7 @@ async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus:
-        history = await EventLog(bus.nc).history(args.child, upto_seq=args.upto_seq)
+        history = await JetStreamEventStore(bus.nc).history(args.child, upto_seq=args.upto_seq)
     if args.as_of is not None:
         as_of = args.as_of if args.as_of.tzinfo else args.as_of.replace(tzinfo=UTC)
         history = [h for h in history if h.stored_at <= as_of]
@@ -257,7 +257,7 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     if args.restart:
         checkpoint_path(args.file).unlink(missing_ok=True)
     async with open_bus(settings) as bus:
-        result = await import_jsonl(EventLog(bus.nc), args.file, progress=print_progress)
+        result = await import_jsonl(JetStreamEventStore(bus.nc), args.file, progress=print_progress)
     print(f"{result.lines} lines: {result.stored} events stored, {result.duplicates} already in the log, "
           f"{len(result.refused)} refused, {len(result.unreadable)} unreadable, in {result.seconds:.1f} s")
     for problem in (result.refused + result.unreadable)[:20]:
@@ -267,13 +267,11 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus:
-        eventlog = EventLog(bus.nc)
-        auditor = Auditor(now=datetime.now(UTC))
+        eventlog = JetStreamEventStore(bus.nc)
+        deadlines = dict(DEFAULT_DEADLINES)
         if args.stuck_after is not None:
-            auditor.deadlines = dict.fromkeys(Urgency, timedelta(seconds=args.stuck_after))
-        async for stored in eventlog.replay():
-            auditor.see(stored.seq, stored.event, stored.error)
-        report = auditor.finish()
+            deadlines = dict.fromkeys(Urgency, timedelta(seconds=args.stuck_after))
+        report = await audit_replay(eventlog.replay(), datetime.now(UTC), deadlines)
         index_missing = await eventlog.index_missing(report.last_seq)
     problems = len(report.findings) + index_missing
     if args.json:
@@ -290,7 +288,7 @@ async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(f"{report.events} events (seq {report.first_seq}..{report.last_seq}), {len(report.states)} children, "
               f"{len(report.referrals)} referrals ({report.open_referrals} open)")
-        for kind in ("duplicate", "illegal", "gap", "unreadable", "stuck"):
+        for kind in ("duplicate", "illegal", "gap", "unreadable", "misrouted", "stuck"):
             print(f"  {kind:<12}{report.count(kind):>6}")
         print(f"  {'index gap':<12}{index_missing:>6}")
         for finding in report.findings[:50]:

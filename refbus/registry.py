@@ -23,11 +23,11 @@ from refbus.community import community
 from refbus.contracts import codec
 from refbus.contracts.events import BasicServiceDelivered, Event, ReferralRequested
 from refbus.contracts.vocabulary import BasicService, Sector
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.group_commit import GroupCommitWriter, WriteReport
-from refbus.services.referral.policy import SimulatedSector
-from refbus.services.referral.state import fold
-from refbus.services.referral.work import receipt, step_event
+from refbus.services.eventstore.bulk import BulkWriter, WriteReport
+from refbus.services.eventstore.store import EventStore
+from refbus.services.rules.decisions import receipt, step_event
+from refbus.services.rules.policy import SimulatedSector
+from refbus.services.rules.state import fold
 
 # The pilot: 22,000 vulnerable children, ~42,000 vulnerabilities, 550,000 service and referral events.
 PILOT_CHILDREN = 22_000
@@ -35,6 +35,8 @@ PILOT_EVENTS = 550_000
 ZIPF_EXPONENT = 0.7  # a few very active children, most with a handful of events
 PILOT_START = datetime(2024, 1, 1, tzinfo=UTC)
 PILOT_SPAN = timedelta(days=730)
+SYNTHETIC_ID_KEY = b"refbus synthetic registry"
+"Keys the derived ids of the synthetic registry: fixed, so that a seed always gives the same file."
 
 
 def _run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -79,7 +81,7 @@ def _lifecycle(request: ReferralRequested, before: list[Event], policy: Simulate
     state = fold(child, enumerate(before, 1))
     referral = state.referrals[request.referral_id]
     clock = moment + timedelta(hours=rng.uniform(1, 48))
-    events: list[Event] = [receipt(referral, child, clock, request.event_id)]
+    events: list[Event] = [receipt(SYNTHETIC_ID_KEY, referral, child, clock, request.event_id)]
     for _ in range(8):
         state = fold(child, enumerate(before + events, 1))
         referral = state.referrals[request.referral_id]
@@ -87,7 +89,7 @@ def _lifecycle(request: ReferralRequested, before: list[Event], policy: Simulate
         if step is None:
             break
         clock += timedelta(days=rng.uniform(0.5, 20))
-        events.append(step_event(step, referral, child, referral.receiver, clock, request.event_id))
+        events.append(step_event(SYNTHETIC_ID_KEY, step, referral, child, referral.receiver, clock, request.event_id))
     return events
 
 
@@ -132,7 +134,7 @@ def checkpoint_path(path: Path) -> Path:
 
 
 async def import_jsonl(
-    eventlog: EventLog,
+    eventlog: EventStore,
     path: Path,
     chunk: int = 20_000,
     limit: int | None = None,
@@ -143,7 +145,7 @@ async def import_jsonl(
     checkpoint = checkpoint_path(path)
     offset = int(checkpoint.read_text()) if checkpoint.exists() else 0
     size = path.stat().st_size  # noqa: ASYNC240
-    writer = GroupCommitWriter(eventlog)
+    writer = BulkWriter(eventlog)
     totals = WriteReport()
     unreadable: list[str] = []
     lines = 0

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from refbus.contracts.vocabulary import Status
-from refbus.services.core.eventlog import EventLog
-from refbus.services.referral.audit import Auditor
-from refbus.services.referral.state import Referral
+from refbus.services.eventstore.store import EventStore
+from refbus.services.rules.audit import audit_replay
+from refbus.services.rules.state import Referral
 
 
 @dataclass
@@ -59,12 +59,9 @@ def _percentiles(values: list[float]) -> str:
     return f"  p50 {q[49]:.2f}s   p90 {q[89]:.2f}s   max {values[-1]:.2f}s   (n={len(values)})"
 
 
-async def summarise(eventlog: EventLog) -> Summary:
-    """Replay the whole log once, through the same fold `refbus check` uses."""
-    auditor = Auditor(now=datetime.now(UTC))
-    async for stored in eventlog.replay():
-        auditor.see(stored.seq, stored.event, stored.error)
-    report = auditor.report
+async def summarise(store: EventStore) -> Summary:
+    """Replay the whole log once, through the same audit `refbus check` runs."""
+    report = await audit_replay(store.replay(), now=datetime.now(UTC))
     return Summary(
         children=len(report.states),
         events=report.events,

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from refbus.services.core import streams
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.natsserver import EmbeddedNats
-from refbus.services.core.runtime import connect
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child
 
 
@@ -67,9 +67,9 @@ async def provisioned(nats_server: ServerHandle) -> str:
 
 
 @pytest_asyncio.fixture
-async def eventlog(provisioned: str) -> AsyncIterator[EventLog]:
+async def eventlog(provisioned: str) -> AsyncIterator[JetStreamEventStore]:
     nc = await connect(provisioned, "test")
-    yield EventLog(nc)
+    yield JetStreamEventStore(nc)
     await nc.drain()
 
 
@@ -92,8 +92,8 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @pytest_asyncio.fixture
-async def own_log(own_server: EmbeddedNats) -> AsyncIterator[EventLog]:
+async def own_log(own_server: EmbeddedNats) -> AsyncIterator[JetStreamEventStore]:
     nc = await connect(own_server.url, "own-log")
     await streams.provision(nc.jetstream())
-    yield EventLog(nc, timeout=2.0)
+    yield JetStreamEventStore(nc, timeout=2.0)
     await nc.close()

@@ -11,6 +11,7 @@ from refbus.contracts.events import (
     ReferralRequested,
 )
 from refbus.contracts.vocabulary import Dimension, Guardian, LegalBasis, Sector, Urgency
+from refbus.services.eventstore.store import EventStore
 
 
 def new_child() -> str:
@@ -63,3 +64,10 @@ def answer(kind: type[ReferralEvent], to: ReferralRequested, by: Sector | None =
 
 def consent(child: str, sectors: tuple[Sector, ...], by: Sector = Sector.SOCIAL) -> ConsentRecorded:
     return ConsentRecorded(**envelope(child, by, None), given_by=Guardian.PARENT, sectors=sectors)
+
+
+async def record(store: EventStore, event: Any) -> int | None:
+    """Check and store one event through the store's one write verb; its sequence, or None when the
+    child already had it."""
+    stored = (await store.transact(event.child, lambda _state: [event])).stored
+    return stored[0] if stored else None

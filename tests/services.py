@@ -9,11 +9,11 @@ from faststream import FastStream
 
 from refbus.contracts.events import ReferralEvent
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.sector_service import build_app
-from refbus.services.core.settings import Settings
-from refbus.services.referral.policy import OnwardReferral, SectorPolicy, Step
-from refbus.services.referral.state import ChildState, Referral
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.rules.policy import OnwardReferral, SectorPolicy, Step
+from refbus.services.rules.state import ChildState, Referral
+from refbus.services.runtime.settings import Settings
+from refbus.services.sector.app import sector_app
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ScriptedPolicy:
 async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings: object) -> AsyncIterator[
     dict[Sector, FastStream]
 ]:
-    apps = {s: build_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
+    apps = {s: sector_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
     for app in apps.values():
         await app.start()
     try:
@@ -58,7 +58,7 @@ async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], withi
         await asyncio.sleep(0.05)
 
 
-async def referral_events(eventlog: EventLog, child: str, referral_id: object) -> list[ReferralEvent]:
+async def referral_events(eventlog: JetStreamEventStore, child: str, referral_id: object) -> list[ReferralEvent]:
     return [
         h.event
         for h in await eventlog.history(child)

@@ -1,9 +1,10 @@
-"""The education sector's service.
+"""The education sector's service: what its deployment runs.
 
 Run it alone with `refbus service education` or `faststream run --factory refbus.services.education.main:create_app`.
 """
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core.sector_service import sector_app_factory
+from refbus.services.education.policy import build_policy
+from refbus.services.sector.app import app_factory
 
-create_app = sector_app_factory(Sector.EDUCATION)
+create_app = app_factory(Sector.EDUCATION, build_policy)

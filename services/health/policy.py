@@ -5,8 +5,8 @@ adapter to its own case-management API, implementing `SectorPolicy`.
 """
 
 from refbus.contracts.vocabulary import Dimension, Sector, Urgency
-from refbus.services.core.settings import Settings
-from refbus.services.referral.policy import OnwardReferral, SectorPolicy, ServiceProfile, SimulatedSector
+from refbus.services.rules.policy import OnwardReferral, SectorPolicy, ServiceProfile, SimulatedSector
+from refbus.services.runtime.settings import Settings
 
 PROFILES = {
     "family_doctor_registration": ServiceProfile(reject_rate=0.05, work_delay=0.5),

@@ -3,20 +3,16 @@
 Run it alone with `refbus service pager` or `faststream run --factory refbus.services.pager.main:create_app`.
 """
 
-import structlog
 from faststream import FastStream
 from nats.aio.client import Client as NATS
 
-from refbus.services.core.app import service_app
-from refbus.services.core.logs import configure_logging
-from refbus.services.core.settings import Settings
 from refbus.services.pager.pager import HistoryPager
+from refbus.services.runtime.app import service_app
+from refbus.services.runtime.settings import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastStream:
     settings = settings or Settings.from_env()
-    if not structlog.is_configured():
-        configure_logging()
     pagers: list[HistoryPager] = []
 
     async def start_pager(nc: NATS) -> None:

@@ -40,7 +40,8 @@ from refbus.contracts.pages import (
     encode_checkpoint,
     encode_page,
 )
-from refbus.services.core.eventlog import EventLog, delivered_position
+from refbus.services.eventstore import jetstream
+from refbus.services.eventstore.reader import LogReader
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,6 @@ TICK_S = 0.25
 FETCH_BATCH = 1000
 FETCH_WAIT_S = 0.1
 LOOK_UPS_AT_ONCE = 64
-_PAGES_DELETE = f"$JS.API.STREAM.MSG.DELETE.{subjects.PAGES_STREAM}"
 _CHILD_PREFIX = subjects.child_index_subject("")
 
 
@@ -77,15 +77,15 @@ class _PullRequest:
         self.done.clear()
 
     async def on_message(self, msg: Msg) -> None:
-        status = (msg.headers or {}).get("Status")
+        status = jetstream.status_of(msg)
         if status is None:
             self.messages.append(msg)
             self.owed -= 1
             if self.owed <= 0:
                 self.done.set()
-        elif status in ("404", "408"):  # nothing (more) to deliver before the request expired
+        elif status in (jetstream.NO_MESSAGES, jetstream.REQUEST_EXPIRED):  # nothing (more) before it expired
             self.done.set()
-        elif status != "100":  # 409: a leadership change, the consumer gone, ...
+        elif status != jetstream.HEARTBEAT:  # 409: a leadership change, the consumer gone, ...
             self.failure = f"{status} {(msg.headers or {}).get('Description')}"
             self.done.set()
 
@@ -118,7 +118,7 @@ class HistoryPager:
         self.js = nc.jetstream()
         self.flush_after = flush_after
         self.timeout = timeout
-        self.eventlog = EventLog(nc, timeout=timeout)
+        self.reader = LogReader(nc, timeout=timeout)
         self.children: dict[str, _Child] = {}
         self._dirty: dict[str, _Child] = {}
         self._resumed = False
@@ -135,10 +135,10 @@ class HistoryPager:
 
     async def start(self) -> None:
         """Resume after the last checkpoint. Children paged before it are looked up on first sight."""
-        found = await self.eventlog.read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
+        found = await self.reader.read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
         if found is not None:
             self._checkpoint = decode_checkpoint(found.data).index_seq
-            self._checkpoint_seq = int(found.headers["Nats-Sequence"])  # type: ignore[index]
+            self._checkpoint_seq = jetstream.stored_sequence(found)
         # Without a checkpoint no page needs extending: a pager that died before its first
         # checkpoint left manifests that stay right until the new ones supersede them.
         self._resumed = found is not None
@@ -203,10 +203,11 @@ class HistoryPager:
                 try:
                     while not self._stopping:
                         pull.begin(FETCH_BATCH)
-                        await self.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{subjects.CHILD_INDEX_STREAM}.{consumer}",
-                                              request, reply=reply)
+                        await self.nc.publish(
+                            jetstream.next_message_subject(subjects.CHILD_INDEX_STREAM, consumer), request, reply=reply
+                        )
                         try:
-                            # Not asyncio.wait_for: see eventlog._MultiReplies.ask.
+                            # Not asyncio.wait_for: docs/decisions/0005-timeout-not-wait-for.md.
                             async with asyncio.timeout(FETCH_WAIT_S + self.timeout):
                                 await pull.done.wait()
                         except asyncio.CancelledError:
@@ -239,7 +240,7 @@ class HistoryPager:
             await self._look_up_all({msg.subject.removeprefix(_CHILD_PREFIX) for msg in batch})
         now = time.monotonic()
         for msg in batch:
-            index_seq, stored_ns = delivered_position(msg.reply)
+            index_seq, stored_ns = jetstream.delivered_position(msg.reply)
             if index_seq != self._last_seen + 1:
                 return False
             self._last_seen = index_seq
@@ -252,7 +253,7 @@ class HistoryPager:
             if not child.pending:
                 child.pending_from, child.pending_since = index_seq, now
                 self._dirty[name] = child
-            log_seq = int((msg.headers or {})["Nats-Stream-Source"].split()[1])
+            log_seq = jetstream.source_sequence(msg.headers or {}) or 0
             child.pending.append((log_seq, stored_ns, msg.data))
             child.pending_to = index_seq
         return True
@@ -270,12 +271,12 @@ class HistoryPager:
     async def _look_up(self, name: str) -> None:
         """A child's runs as its newest manifest names them (after a restart)."""
         async with self._looking_up:
-            found = await self.eventlog.read_page({"last_by_subj": subjects.page_subject(name)})
+            found = await self.reader.read_page({"last_by_subj": subjects.page_subject(name)})
         child = _Child()
         if found is not None:
             manifest = decode_page(found.data)
             child.runs = [_Run(list(seqs), n) for seqs, n in zip(manifest.runs, manifest.run_events, strict=True)]
-            child.runs[-1].seqs.append(int(found.headers["Nats-Sequence"]))  # type: ignore[index]
+            child.runs[-1].seqs.append(jetstream.stored_sequence(found))
             child.covered_index_seq = manifest.covered_index_seq
         self.children.setdefault(name, child)
 
@@ -327,7 +328,7 @@ class HistoryPager:
                     # may reuse their sequences): the child starts over from the index.
                     log.warning("pager_pages_not_as_written", child=name, rebuilt_from="index")
                     absorbed, kept = [*kept, *absorbed], []
-                    older = await self.eventlog.indexed_events(name, before_index_seq=first)
+                    older = await self.reader.indexed_events(name, before_index_seq=first)
                 merged = older + events
                 seqs = await self._write_run(name, merged, kept, last)
             except BaseException:  # also when cancelled: the events stay pending, the checkpoint held
@@ -348,7 +349,7 @@ class HistoryPager:
 
     async def _events_of(self, name: str, runs: list[_Run], before_log_seq: int) -> list[PagedEvent] | None:
         """The events of runs about to be merged, read back and checked (None: not as written)."""
-        found = await self.eventlog.pages_at([seq for run in runs for seq in run.seqs])
+        found = await self.reader.pages_at([seq for run in runs for seq in run.seqs])
         if found is None:
             return None
         events = checked_events(name, found, sum(run.events for run in runs))
@@ -385,7 +386,8 @@ class HistoryPager:
     async def _delete(self, seqs: list[int]) -> None:
         # Best effort: a page left behind is only unused space; readers never see it again.
         replies = await asyncio.gather(
-            *(self.nc.request(_PAGES_DELETE, json.dumps({"seq": s, "no_erase": True}).encode(), self.timeout)
+            *(self.nc.request(jetstream.message_delete_subject(subjects.PAGES_STREAM),
+                              json.dumps({"seq": s, "no_erase": True}).encode(), self.timeout)
               for s in seqs),
             return_exceptions=True,
         )
@@ -411,5 +413,5 @@ class HistoryPager:
 
 async def pager_checkpoint(nc: NATS) -> int:
     """How far in REFBUS_CHILDREN the pages reach (0: not started)."""
-    found = await EventLog(nc).read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
+    found = await LogReader(nc).read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
     return 0 if found is None else decode_checkpoint(found.data).index_seq

@@ -3,17 +3,14 @@
 from datetime import UTC, datetime
 from uuid import UUID
 
-from refbus.services.core.eventlog import EventLog
-from refbus.services.referral.audit import Auditor, AuditReport
+from refbus.services.eventstore.store import EventStore
+from refbus.services.rules.audit import AuditReport, audit_replay
 from tests.faults.load import FaultResult, SteadyLoad, first_service_event_after, service_event_times
 from tests.services import wait_for
 
 
-async def scan(eventlog: EventLog) -> AuditReport:
-    auditor = Auditor(now=datetime.now(UTC))
-    async for stored in eventlog.replay():
-        auditor.see(stored.seq, stored.event, stored.error)
-    return auditor.finish()
+async def scan(eventlog: EventStore) -> AuditReport:
+    return await audit_replay(eventlog.replay(), now=datetime.now(UTC))
 
 
 def assert_nothing_lost_or_doubled(report: AuditReport, acknowledged: set[UUID]) -> None:
@@ -23,7 +20,7 @@ def assert_nothing_lost_or_doubled(report: AuditReport, acknowledged: set[UUID])
     assert problems == [], problems
 
 
-async def settle(eventlog: EventLog, within: float = 90.0) -> None:
+async def settle(eventlog: EventStore, within: float = 90.0) -> None:
     """Wait until every referral in the log is closed: the services have done all their work."""
 
     async def all_closed() -> bool:
@@ -33,7 +30,7 @@ async def settle(eventlog: EventLog, within: float = 90.0) -> None:
 
 
 async def conclude(
-    eventlog: EventLog, load: SteadyLoad, fault: str, recovered_at: datetime, note: str = ""
+    eventlog: EventStore, load: SteadyLoad, fault: str, recovered_at: datetime, note: str = ""
 ) -> FaultResult:
     """Stop the load, let the services finish, check the log, and measure how long the flow took
     to resume after `recovered_at`."""

@@ -9,9 +9,10 @@ from uuid import UUID
 
 from refbus.contracts.events import ReferralRequested
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core.eventlog import EventLog, LogFull
-from refbus.services.referral.audit import AuditReport
-from tests.factories import new_child, request
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.eventstore.records import LogFull
+from refbus.services.rules.audit import AuditReport
+from tests.factories import new_child, record, request
 
 TARGETS = ((Sector.HEALTH, "vaccination"), (Sector.EDUCATION, "school_enrolment"),
            (Sector.JUSTICE, "birth_registration"), (Sector.SOCIAL, "social_benefits"))
@@ -22,7 +23,7 @@ class SteadyLoad:
     """Sends one referral every `interval` s; retries each (same event id) until the log acknowledges
     it or `give_up` s pass. Only acknowledged events count."""
 
-    eventlog: EventLog
+    eventlog: JetStreamEventStore
     interval: float = 0.02
     give_up: float = 30.0
     acknowledged: set[UUID] = field(default_factory=set)
@@ -42,7 +43,7 @@ class SteadyLoad:
         deadline = time.monotonic() + self.give_up
         while True:
             try:
-                await self.eventlog.record(event)
+                await record(self.eventlog, event)
                 self.acknowledged.add(event.event_id)
                 return
             except LogFull:
@@ -74,7 +75,7 @@ def first_service_event_after(report_events: list[tuple[datetime, bool]], moment
     return (min(later) - moment).total_seconds() if later else None
 
 
-async def service_event_times(eventlog: EventLog) -> list[tuple[datetime, bool]]:
+async def service_event_times(eventlog: JetStreamEventStore) -> list[tuple[datetime, bool]]:
     return [(s.stored_at, not isinstance(s.event, ReferralRequested)) async for s in eventlog.replay()]
 
 

@@ -12,11 +12,11 @@ import pytest
 
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core import streams
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
-from refbus.services.core.runtime import connect
-from refbus.services.referral.policy import SimulatedSector
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.rules.policy import SimulatedSector
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
 from tests.faults.checks import conclude
 from tests.faults.load import SteadyLoad, now
 from tests.faults.test_server_faults import LOAD_SECONDS
@@ -59,7 +59,7 @@ async def test_stream_leader_killed_under_load(cluster: dict[str, EmbeddedNats],
     await wait_for(elected, within=30)
     nc = await connect(url, "cluster-test")
     await streams.provision(nc.jetstream(), replicas=3)
-    eventlog = EventLog(nc, timeout=2.0)
+    eventlog = JetStreamEventStore(nc, timeout=2.0)
     info = await eventlog.js.stream_info(subjects.STREAM)
     assert info.config.num_replicas == 3
 

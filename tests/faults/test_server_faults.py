@@ -10,11 +10,11 @@ import pytest
 
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core import streams
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.natsserver import EmbeddedNats
-from refbus.services.core.runtime import connect
-from refbus.services.referral.policy import SimulatedSector
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.rules.policy import SimulatedSector
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import EmbeddedNats
 from tests.faults.checks import conclude
 from tests.faults.load import SteadyLoad, now
 from tests.services import running, wait_for
@@ -26,7 +26,7 @@ LOAD_SECONDS = float(os.environ.get("REFBUS_FAULT_LOAD_SECONDS", "2"))
 POLICIES = {s: SimulatedSector(s, speed=8) for s in Sector}
 
 
-async def test_server_killed_and_restarted_under_load(own_server: EmbeddedNats, own_log: EventLog,
+async def test_server_killed_and_restarted_under_load(own_server: EmbeddedNats, own_log: JetStreamEventStore,
                                                        fault_results: list) -> None:
     async with running(own_server.url, POLICIES, ack_wait=2.0):
         load = SteadyLoad(own_log).start()
@@ -39,7 +39,7 @@ async def test_server_killed_and_restarted_under_load(own_server: EmbeddedNats, 
         fault_results.append(await conclude(own_log, load, "nats-server kill -9, restarted after 1 s", recovered))
 
 
-async def test_server_frozen_longer_than_client_timeouts(own_server: EmbeddedNats, own_log: EventLog,
+async def test_server_frozen_longer_than_client_timeouts(own_server: EmbeddedNats, own_log: JetStreamEventStore,
                                                           fault_results: list) -> None:
     freeze_s = 7.0  # > the event log's 5 s request timeout and the test writer's 2 s
     async with running(own_server.url, POLICIES, ack_wait=2.0):
@@ -57,7 +57,7 @@ async def test_server_frozen_longer_than_client_timeouts(own_server: EmbeddedNat
 async def test_stream_filled_to_its_limit(own_server: EmbeddedNats, fault_results: list) -> None:
     nc = await connect(own_server.url, "fault-test")
     await streams.provision(nc.jetstream(), max_bytes=256 * 1024)
-    eventlog = EventLog(nc, timeout=2.0)
+    eventlog = JetStreamEventStore(nc, timeout=2.0)
     async with running(own_server.url, POLICIES, ack_wait=2.0):
         load = SteadyLoad(eventlog, interval=0.005).start()
 

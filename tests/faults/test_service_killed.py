@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from refbus.contracts import subjects
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.natsserver import EmbeddedNats
-from tests.factories import new_child, request
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.runtime.embedded import EmbeddedNats
+from tests.factories import new_child, record, request
 from tests.faults.checks import assert_nothing_lost_or_doubled, scan
 from tests.faults.load import FaultResult, first_service_event_after, now, service_event_times
 from tests.services import wait_for
@@ -32,14 +32,14 @@ def start_service(server: EmbeddedNats, log_path: Path) -> subprocess.Popen[byte
 
 
 async def test_a_service_killed_while_handling_resumes_without_duplicates(
-    own_server: EmbeddedNats, own_log: EventLog, tmp_path: Path, fault_results: list
+    own_server: EmbeddedNats, own_log: JetStreamEventStore, tmp_path: Path, fault_results: list
 ) -> None:
     first = start_service(own_server, tmp_path / "health-1.log")
     try:
         requests = [request(new_child()) for _ in range(20)]
         acknowledged = {r.event_id for r in requests}
         for req in requests:
-            assert await own_log.record(req)
+            assert await record(own_log, req)
 
         async def some_received() -> bool:
             received = 0

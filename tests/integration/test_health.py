@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core.natsserver import free_port
+from refbus.services.runtime.embedded import free_port
 from tests.services import ScriptedPolicy, running
 
 pytestmark = pytest.mark.integration

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from refbus.registry import checkpoint_path, import_jsonl, pilot_events, write_jsonl
-from refbus.services.core.eventlog import EventLog
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 
 pytestmark = pytest.mark.integration
 
 
-async def test_an_interrupted_import_resumes_without_duplicates(own_log: EventLog, tmp_path: Path) -> None:
+async def test_an_interrupted_import_resumes_without_duplicates(own_log: JetStreamEventStore, tmp_path: Path) -> None:
     events = pilot_events(children=150, total=3000, seed=5)
     assert len(events) == 3000
     registry = tmp_path / "registry.jsonl"
@@ -31,7 +31,7 @@ async def test_an_interrupted_import_resumes_without_duplicates(own_log: EventLo
     assert [h.event for h in await own_log.history(child)] == expected
 
 
-async def test_unreadable_lines_are_reported_with_their_place(own_log: EventLog, tmp_path: Path) -> None:
+async def test_unreadable_lines_are_reported_with_their_place(own_log: JetStreamEventStore, tmp_path: Path) -> None:
     events = pilot_events(children=5, total=40, seed=6)
     registry = tmp_path / "broken.jsonl"
     write_jsonl(events, registry)

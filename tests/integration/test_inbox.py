@@ -8,10 +8,12 @@ from collections import Counter
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from refbus.services.core.inbox import Inbox, ensure_consumer
-from refbus.services.core.natsserver import EmbeddedNats
-from refbus.services.core.runtime import connect
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import EmbeddedNats
+from refbus.services.sector.inbox import Inbox, ensure_consumer
 from tests.services import wait_for
+
+CONSUMER = ConsumerConfig(durable_name="c", filter_subject="t.>", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
 
 
 class Recorder:
@@ -34,8 +36,8 @@ async def test_every_message_once_and_never_more_in_hand_than_workers(own_server
     nc = await connect(own_server.url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
-    await ensure_consumer(js, "T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
-    await ensure_consumer(js, "T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    await ensure_consumer(nc, "T", CONSUMER)
+    await ensure_consumer(nc, "T", CONSUMER)
     for i in range(200):
         await js.publish(f"t.{i % 7}", str(i).encode())
     recorder = Recorder(pause=0.002)
@@ -60,7 +62,7 @@ async def test_quick_handlers_get_many_messages_per_pull_request(own_server: Emb
     nc = await connect(own_server.url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
-    await ensure_consumer(js, "T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    await ensure_consumer(nc, "T", CONSUMER)
     total = 3000
     acks = [js.publish(f"t.{i % 7}", str(i).encode()) for i in range(total)]
     await asyncio.gather(*acks)
@@ -80,7 +82,7 @@ async def test_a_pull_request_lost_with_the_server_is_asked_again(own_server: Em
     nc = await connect(own_server.url)
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name="T", subjects=["t.>"]))
-    await ensure_consumer(js, "T", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    await ensure_consumer(nc, "T", CONSUMER)
     recorder = Recorder(pause=0.0)
     inbox = Inbox(nc, "T", "c", recorder.handle, workers=4, expires=30.0, heartbeat=0.2)
     await inbox.start()

@@ -12,32 +12,32 @@ from refbus.contracts import subjects
 from refbus.contracts.events import ReferralReceived
 from refbus.contracts.pages import HistoryPage, decode_page
 from refbus.registry import pilot_events
-from refbus.services.core import streams
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.group_commit import GroupCommitWriter
-from refbus.services.core.natsserver import EmbeddedNats
-from refbus.services.core.runtime import connect
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.bulk import BulkWriter
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import MAX_RUNS, WHOLE_HISTORY_EVENTS, HistoryPager, pager_checkpoint
-from tests.factories import answer, new_child, request
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.embedded import EmbeddedNats
+from tests.factories import answer, new_child, record, request
 from tests.services import wait_for
 
 
-async def record_referrals(eventlog: EventLog, child: str, count: int) -> list[int]:
+async def record_referrals(eventlog: JetStreamEventStore, child: str, count: int) -> list[int]:
     """`count` referrals for the child, each requested and received: 2 * count events."""
     seqs = []
     for _ in range(count):
         req = request(child)
         for event in (req, answer(ReferralReceived, req)):
-            seq = await eventlog.record(event)
+            seq = await record(eventlog, event)
             assert seq is not None
             seqs.append(seq)
     return seqs
 
 
-async def provisioned_log(server: EmbeddedNats) -> EventLog:
+async def provisioned_log(server: EmbeddedNats) -> JetStreamEventStore:
     nc = await connect(server.url)
     await streams.provision(nc.jetstream())
-    return EventLog(nc)
+    return JetStreamEventStore(nc)
 
 
 @asynccontextmanager
@@ -52,13 +52,13 @@ async def running_pager(
         await pager.stop()
 
 
-async def manifest_of(eventlog: EventLog, child: str) -> HistoryPage:
-    found = await eventlog.read_page({"last_by_subj": subjects.page_subject(child)})
+async def manifest_of(eventlog: JetStreamEventStore, child: str) -> HistoryPage:
+    found = await eventlog.reader.read_page({"last_by_subj": subjects.page_subject(child)})
     assert found is not None
     return decode_page(found.data)
 
 
-async def paged_up_to_the_index(eventlog: EventLog) -> None:
+async def paged_up_to_the_index(eventlog: JetStreamEventStore) -> None:
     index_last = (await eventlog.js.stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
 
     async def caught_up() -> bool:
@@ -82,7 +82,7 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
             await paged_up_to_the_index(eventlog)
 
     for child, seqs in recorded.items():
-        paged, rest_from = await eventlog.history_pages(child)
+        paged, rest_from = await eventlog.reader.history_pages(child)
         assert [e.seq for e in paged] == seqs, "the pages hold each event once, in log order"
         assert rest_from > 1
         history = await eventlog.history(child)
@@ -99,7 +99,7 @@ async def test_pages_hold_every_event_once_in_few_runs_and_survive_a_restart(own
     assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
     async with running_pager(nc):  # resumes from the checkpoint
         await paged_up_to_the_index(eventlog)
-    paged, _ = await eventlog.history_pages(busy)
+    paged, _ = await eventlog.reader.history_pages(busy)
     assert [e.seq for e in paged] == recorded[busy], "resumed: nothing lost, nothing paged twice"
     assert [e.seq for e in await eventlog.history(busy)] == recorded[busy]
     await nc.close()
@@ -125,7 +125,7 @@ async def test_a_short_history_is_kept_whole_in_its_manifest(own_server: Embedde
         await paged_up_to_the_index(eventlog)
     runs = (await manifest_of(eventlog, child)).runs
     assert len(runs) == 2, runs
-    assert [e.seq for e in (await eventlog.history_pages(child))[0]] == seqs
+    assert [e.seq for e in (await eventlog.reader.history_pages(child))[0]] == seqs
     await nc.close()
 
 
@@ -136,10 +136,10 @@ async def test_reads_are_right_while_the_pager_is_behind(own_server: EmbeddedNat
     async with running_pager(nc, flush_after=3600):  # holds everything back; pages it when stopped
         seqs = await record_referrals(eventlog, child, 4)
         await asyncio.sleep(0.3)
-        assert (await eventlog.history_pages(child))[0] == []
+        assert (await eventlog.reader.history_pages(child))[0] == []
         assert [e.seq for e in await eventlog.history(child)] == seqs
         assert await pager_checkpoint(nc) < seqs[0], "the checkpoint waits for the events held back"
-    paged, _ = await eventlog.history_pages(child)
+    paged, _ = await eventlog.reader.history_pages(child)
     assert [e.seq for e in paged] == seqs
     await nc.close()
 
@@ -166,12 +166,12 @@ async def test_a_pager_stopped_while_it_deletes_superseded_pages_pages_nothing_t
     await asyncio.wait_for(deleting.wait(), 10)
     await pager.stop()  # pages what it holds on the way out
 
-    paged, _ = await eventlog.history_pages(child)
+    paged, _ = await eventlog.reader.history_pages(child)
     assert [e.seq for e in paged] == seqs, "each event paged once"
     async with running_pager(nc):  # and a pager resuming after it extends the same pages
         seqs += await record_referrals(eventlog, child, 1)
         await paged_up_to_the_index(eventlog)
-    paged, _ = await eventlog.history_pages(child)
+    paged, _ = await eventlog.reader.history_pages(child)
     assert [e.seq for e in paged] == seqs
     await nc.close()
 
@@ -199,7 +199,7 @@ async def test_a_pager_stops_when_a_cancel_is_lost(own_server: EmbeddedNats) -> 
     async with asyncio.timeout(10):
         await pager.stop()
 
-    paged, _ = await eventlog.history_pages(child)
+    paged, _ = await eventlog.reader.history_pages(child)
     assert [e.seq for e in paged] == seqs, "held events paged on the way out"
     index_last = (await nc.jetstream().stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
     assert await pager_checkpoint(nc) == index_last
@@ -213,7 +213,7 @@ async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_ser
     nc = eventlog.nc
     events = pilot_events(children=300, total=8000, seed=11)
     children = {e.child for e in events}
-    writer = GroupCommitWriter(eventlog)
+    writer = BulkWriter(eventlog)
     for part in (events[:4000], events[4000:]):
         report = await writer.write(part)
         assert report.stored == len(part) and not report.refused
@@ -221,7 +221,7 @@ async def test_a_backlog_is_paged_whole_from_scratch_and_after_a_restart(own_ser
             await paged_up_to_the_index(eventlog)
     incomplete = []
     for child in children:
-        paged, _ = await eventlog.history_pages(child)
+        paged, _ = await eventlog.reader.history_pages(child)
         indexed = await eventlog.history(child, paged=False)
         if [(e.seq, e.stored_at, e.event) for e in paged] != [(e.seq, e.stored_at, e.event) for e in indexed]:
             incomplete.append(child)
@@ -246,7 +246,7 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
         assert len(manifest.runs) == 2 and manifest.runs[0], manifest.runs
         await nc.jetstream().delete_msg(subjects.PAGES_STREAM, manifest.runs[0][0])
 
-        assert (await eventlog.history_pages(child))[0] == [], "an incomplete set of pages is not used"
+        assert (await eventlog.reader.history_pages(child))[0] == [], "an incomplete set of pages is not used"
         assert [e.seq for e in await eventlog.history(child)] == seqs, "the index answers instead"
 
         own_server.kill()
@@ -261,6 +261,6 @@ async def test_a_page_lost_from_under_a_manifest_is_noticed_and_rebuilt(own_serv
 
         await wait_for(written, within=20)
         await paged_up_to_the_index(eventlog)
-    paged, _ = await eventlog.history_pages(child)
+    paged, _ = await eventlog.reader.history_pages(child)
     assert [e.seq for e in paged] == seqs, "rebuilt from the index"
     await nc.close()

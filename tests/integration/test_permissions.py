@@ -13,11 +13,11 @@ from nats.errors import TimeoutError as NatsTimeout
 from refbus.contracts import subjects
 from refbus.contracts.events import ReferralReceived
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core import streams
-from refbus.services.core.eventlog import EventLog
-from refbus.services.core.natsserver import DEPLOY_DIR, EmbeddedNats
+from refbus.services.eventstore import streams
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import HistoryPager, pager_checkpoint
-from tests.factories import new_child, request
+from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
+from tests.factories import new_child, record, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,11 +46,11 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -
         errors.append(exc)
 
     social = await nats.connect(url_for(secured_server, "social"), error_cb=on_error)
-    social_log = EventLog(social, timeout=2.0)
+    social_log = JetStreamEventStore(social, timeout=2.0)
     child = new_child()
     async with running(url_for(secured_server, "health"), {Sector.HEALTH: ScriptedPolicy([])}):
         req = request(child, Sector.SOCIAL, Sector.HEALTH)
-        assert await social_log.record(req)  # social writes as social: allowed
+        assert await record(social_log, req)  # social writes as social: allowed
 
         async def received() -> bool:
             events = await referral_events(social_log, child, req.referral_id)
@@ -73,7 +73,7 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -
         info = await operator.jetstream().stream_info(subjects.STREAM)
         assert info.state.messages >= 2
         with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
-            await EventLog(operator, timeout=1.0).history(child)
+            await JetStreamEventStore(operator, timeout=1.0).history(child)
         await operator.close()
     await social.close()
     await admin.close()
@@ -83,9 +83,9 @@ async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedN
     admin = await nats.connect(url_for(secured_server, "admin"))
     await streams.provision(admin.jetstream())
     social = await nats.connect(url_for(secured_server, "social"))
-    social_log = EventLog(social, timeout=2.0)
+    social_log = JetStreamEventStore(social, timeout=2.0)
     child = new_child()
-    seq = await social_log.record(request(child, Sector.SOCIAL, Sector.HEALTH))
+    seq = await record(social_log, request(child, Sector.SOCIAL, Sector.HEALTH))
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -102,7 +102,7 @@ async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedN
     finally:
         await pager.stop()
     # The sector reads the pages the pager wrote (its user may read REFBUS_PAGES).
-    pages, _ = await social_log.history_pages(child)
+    pages, _ = await social_log.reader.history_pages(child)
     assert [p.seq for p in pages] == [seq]
     assert not errors, errors  # everything the pager did was allowed, deletes and checkpoints included
     # The pager cannot write an event.

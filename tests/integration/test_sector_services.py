@@ -29,9 +29,9 @@ from refbus.contracts.vocabulary import (
     Sector,
     Status,
 )
-from refbus.services.core.eventlog import EventLog
-from refbus.services.referral.policy import SimulatedSector, Step
-from tests.factories import answer, new_child, request
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.rules.policy import SimulatedSector, Step
+from tests.factories import answer, new_child, record, request
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -51,12 +51,13 @@ SCRIPTS = {
 }
 
 
-async def status_of(eventlog: EventLog, child: str, referral_id: object) -> Status:
+async def status_of(eventlog: JetStreamEventStore, child: str, referral_id: object) -> Status:
     return (await eventlog.load(child)).referrals[referral_id].status
 
 
-async def test_a_referral_through_every_state_across_all_four_sectors(eventlog: EventLog, provisioned: str,
-                                                                      child: str) -> None:
+async def test_a_referral_through_every_state_across_all_four_sectors(
+    eventlog: JetStreamEventStore, provisioned: str, child: str
+) -> None:
     policies = {sector: ScriptedPolicy(script) for sector, script in SCRIPTS.items()}
     async with running(provisioned, policies):
         to_health = request(child, Sector.SOCIAL, Sector.HEALTH, "health_assessment")
@@ -65,7 +66,7 @@ async def test_a_referral_through_every_state_across_all_four_sectors(eventlog: 
         to_social = request(child, Sector.EDUCATION, Sector.SOCIAL, "family_counselling")
         mistaken = request(child, Sector.SOCIAL, Sector.EDUCATION, "remedial_education")
         for event in (to_health, to_education, to_justice, to_social):
-            await eventlog.record(event)
+            await record(eventlog, event)
 
         async def settled() -> bool:
             state = await eventlog.load(child)
@@ -78,22 +79,39 @@ async def test_a_referral_through_every_state_across_all_four_sectors(eventlog: 
 
         await wait_for(settled)
         # The referrer cancels what social accepted; a referral sent in error is marked so.
-        await eventlog.record(answer(ReferralCancelled, to_social, by=Sector.EDUCATION,
-                                     reason=CancelReason.NO_LONGER_NEEDED))
-        await eventlog.record(mistaken)
-        await eventlog.record(answer(ReferralEnteredInError, mistaken, by=Sector.SOCIAL,
-                                     reason=ErrorReason.WRONG_CHILD))
+        await record(
+            eventlog, answer(ReferralCancelled, to_social, by=Sector.EDUCATION, reason=CancelReason.NO_LONGER_NEEDED)
+        )
+        await record(eventlog, mistaken)
+        await record(
+            eventlog, answer(ReferralEnteredInError, mistaken, by=Sector.SOCIAL, reason=ErrorReason.WRONG_CHILD)
+        )
 
         history = [h.event for h in await eventlog.history(child)]
         types = [event_type(e) for e in history if e is not None]
-        for expected in ("referral.requested", "referral.received", "referral.accepted", "referral.rejected",
-                         "referral.in-progress", "referral.on-hold", "referral.completed", "referral.failed",
-                         "referral.cancelled", "referral.entered-in-error"):
+        for expected in (
+            "referral.requested",
+            "referral.received",
+            "referral.accepted",
+            "referral.rejected",
+            "referral.in-progress",
+            "referral.on-hold",
+            "referral.completed",
+            "referral.failed",
+            "referral.cancelled",
+            "referral.entered-in-error",
+        ):
             assert expected in types, expected
         health_steps = [event_type(e) for e in await referral_events(eventlog, child, to_health.referral_id)]
-        assert health_steps == ["referral.requested", "referral.received", "referral.accepted",
-                                "referral.in-progress", "referral.on-hold", "referral.in-progress",
-                                "referral.completed"]
+        assert health_steps == [
+            "referral.requested",
+            "referral.received",
+            "referral.accepted",
+            "referral.in-progress",
+            "referral.on-hold",
+            "referral.in-progress",
+            "referral.completed",
+        ]
         crossed = {(e.from_sector, e.to_sector) for e in history if e is not None}
         assert len({s for pair in crossed for s in pair}) == 4
 
@@ -107,11 +125,12 @@ async def test_a_referral_through_every_state_across_all_four_sectors(eventlog: 
         await wait_for(inboxes_drained)
 
 
-async def test_received_is_automatic_and_separate_from_the_decision(eventlog: EventLog, provisioned: str,
-                                                                   child: str) -> None:
+async def test_received_is_automatic_and_separate_from_the_decision(
+    eventlog: JetStreamEventStore, provisioned: str, child: str
+) -> None:
     async with running(provisioned, {Sector.HEALTH: ScriptedPolicy([])}):  # a sector that never decides
         req = request(child)
-        await eventlog.record(req)
+        await record(eventlog, req)
 
         async def received() -> bool:
             return any(isinstance(e, ReferralReceived) for e in await referral_events(eventlog, child, req.referral_id))
@@ -120,15 +139,16 @@ async def test_received_is_automatic_and_separate_from_the_decision(eventlog: Ev
         assert await status_of(eventlog, child, req.referral_id) is Status.REQUESTED
 
 
-async def test_a_malformed_message_is_set_aside_and_the_service_goes_on(eventlog: EventLog, provisioned: str,
-                                                                       child: str) -> None:
+async def test_a_malformed_message_is_set_aside_and_the_service_goes_on(
+    eventlog: JetStreamEventStore, provisioned: str, child: str
+) -> None:
     js = eventlog.js
     garbage = b'{"type": "referral.requested", "child": "Ion Popescu", "note": "not a valid event"}'
     ack = await js.publish(subjects.event_subject(child, Sector.SOCIAL, Sector.HEALTH), garbage)
     unknown = await js.publish(subjects.event_subject(child, Sector.SOCIAL, Sector.HEALTH), b"\x00\x01binary")
     async with running(provisioned, {Sector.HEALTH: SimulatedSector(Sector.HEALTH, speed=1000)}):
         good = request(child)
-        await eventlog.record(good)
+        await record(eventlog, good)
 
         async def closed() -> bool:
             return not (await eventlog.load(child)).referrals[good.referral_id].is_open
@@ -140,8 +160,8 @@ async def test_a_malformed_message_is_set_aside_and_the_service_goes_on(eventlog
     info = await js.stream_info(subjects.DEAD_LETTER_STREAM)
     for _ in range(info.state.messages):
         msg = await sub.next_msg(timeout=5)
-        record = json.loads(msg.data)
-        dead[record["stream_seq"]] = record
+        letter = json.loads(msg.data)
+        dead[letter["stream_seq"]] = letter
     await sub.unsubscribe()
     assert {ack.seq, unknown.seq} <= set(dead)
     assert "invalid referral.requested" in dead[ack.seq]["reason"]
@@ -153,12 +173,12 @@ async def test_a_malformed_message_is_set_aside_and_the_service_goes_on(eventlog
 
 
 async def test_a_handler_crashing_after_its_append_is_redelivered_without_a_duplicate(
-    eventlog: EventLog, provisioned: str, child: str
+    eventlog: JetStreamEventStore, provisioned: str, child: str
 ) -> None:
     policy = ScriptedPolicy([Step(ReferralAccepted), Step(ReferralCompleted, {"outcome": Outcome.SERVICE_DELIVERED})])
     async with running(provisioned, {Sector.HEALTH: policy}) as apps:
-        service = apps[Sector.HEALTH].service  # type: ignore[attr-defined]
-        real_transact = service.eventlog.transact
+        service = apps[Sector.HEALTH].services[0]  # type: ignore[attr-defined]
+        real_transact = service.store.transact
         crashes = []
 
         async def crash_once_after_accepting(child_ref, decide, **kw):
@@ -169,9 +189,9 @@ async def test_a_handler_crashing_after_its_append_is_redelivered_without_a_dupl
                 raise ConnectionError("simulated crash between append and ack")
             return result
 
-        service.eventlog.transact = crash_once_after_accepting
+        service.store.transact = crash_once_after_accepting
         req = request(child)
-        await eventlog.record(req)
+        await record(eventlog, req)
 
         async def completed() -> bool:
             return await status_of(eventlog, child, req.referral_id) is Status.COMPLETED
@@ -179,13 +199,14 @@ async def test_a_handler_crashing_after_its_append_is_redelivered_without_a_dupl
         await wait_for(completed)
     assert crashes, "the crash was never triggered"
     counts = Counter(event_type(e) for e in await referral_events(eventlog, child, req.referral_id))
-    assert counts == {"referral.requested": 1, "referral.received": 1, "referral.accepted": 1,
-                      "referral.completed": 1}
+    assert counts == {"referral.requested": 1, "referral.received": 1, "referral.accepted": 1, "referral.completed": 1}
 
 
-async def test_sectors_send_their_own_referrals_onward(eventlog: EventLog, provisioned: str, child: str) -> None:
+async def test_sectors_send_their_own_referrals_onward(
+    eventlog: JetStreamEventStore, provisioned: str, child: str
+) -> None:
     from refbus.contracts.vocabulary import Dimension
-    from refbus.services.referral.policy import OnwardReferral
+    from refbus.services.rules.policy import OnwardReferral
 
     doctor = ScriptedPolicy(
         [Step(ReferralAccepted), Step(ReferralCompleted, {"outcome": Outcome.SERVICE_DELIVERED})],
@@ -193,7 +214,7 @@ async def test_sectors_send_their_own_referrals_onward(eventlog: EventLog, provi
     )
     async with running(provisioned, {Sector.HEALTH: doctor, Sector.SOCIAL: ScriptedPolicy([])}):
         req = request(child, Sector.EDUCATION, Sector.HEALTH, "health_assessment")
-        await eventlog.record(req)
+        await record(eventlog, req)
 
         async def referred_on() -> bool:
             state = await eventlog.load(child)
@@ -208,28 +229,26 @@ async def test_sectors_send_their_own_referrals_onward(eventlog: EventLog, provi
 
 
 async def test_the_receipt_goes_out_before_any_read_only_while_the_request_is_the_childs_newest_event(
-    own_log: EventLog,
+    own_log: JetStreamEventStore,
 ) -> None:
-    from refbus.services.core.sector_service import SectorService
+    from refbus.services.sector.service import SectorService
 
     eventlog, child = own_log, new_child()  # a server of its own: no sector service takes these
-    service = SectorService(Sector.HEALTH, ScriptedPolicy([]), lambda: eventlog.nc)
+    service = SectorService(Sector.HEALTH, ScriptedPolicy([]), eventlog, b"test event-id key")
     first = request(child)
-    first_seq = await eventlog.record(first)
+    first_seq = await record(eventlog, first)
     assert first_seq is not None
     seen = await service.acknowledge_receipt(first, first_seq)
     assert seen is not None and seen.referrals[first.referral_id].received_at is not None
     # The child moves on before the second request is handled: the receipt is not sent unread.
     second = request(child)
-    second_seq = await eventlog.record(second)
+    second_seq = await record(eventlog, second)
     assert second_seq is not None
-    await eventlog.record(answer(ReferralCancelled, first, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED))
+    await record(eventlog, answer(ReferralCancelled, first, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED))
     assert await service.acknowledge_receipt(second, second_seq) is None
     assert [event_type(e) for e in await referral_events(eventlog, child, first.referral_id)] == [
         "referral.requested",
         "referral.received",
         "referral.cancelled",
     ]
-    assert [event_type(e) for e in await referral_events(eventlog, child, second.referral_id)] == [
-        "referral.requested"
-    ]
+    assert [event_type(e) for e in await referral_events(eventlog, child, second.referral_id)] == ["referral.requested"]

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from refbus.contracts.events import ReferralAccepted, ReferralCompleted, ReferralReceived
 from refbus.contracts.vocabulary import Outcome, Urgency
-from refbus.services.referral.audit import audit
+from refbus.services.rules.audit import audit
 from tests.factories import answer, new_child, request
 
 NOW = datetime.now(UTC)

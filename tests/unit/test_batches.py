@@ -5,8 +5,8 @@ import asyncio
 
 from nats.aio.client import Client
 
-from refbus.services.core.batches import hpub_frame
-from refbus.services.core.eventlog import headers_for
+from refbus.services.eventstore.jetstream import hpub_frame
+from refbus.services.eventstore.writer import headers_for
 from tests.factories import new_child, request
 
 

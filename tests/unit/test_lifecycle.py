@@ -24,8 +24,8 @@ from refbus.contracts.vocabulary import (
     Sector,
     Status,
 )
-from refbus.services.referral.lifecycle import IllegalEvent, check, is_duplicate
-from refbus.services.referral.state import fold
+from refbus.services.rules.lifecycle import IllegalEvent, check, is_duplicate
+from refbus.services.rules.state import fold
 from tests.factories import answer, consent, new_child, request
 
 FIELDS = {

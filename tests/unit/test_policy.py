@@ -6,9 +6,9 @@ from datetime import timedelta
 import pytest
 
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Sector, Status
-from refbus.services.referral.policy import SimulatedSector
-from refbus.services.referral.state import fold
-from refbus.services.referral.work import step_event
+from refbus.services.rules.decisions import step_event
+from refbus.services.rules.policy import SimulatedSector
+from refbus.services.rules.state import fold
 from tests.factories import new_child, request
 
 
@@ -25,7 +25,8 @@ def run_to_end(policy: SimulatedSector, to: Sector, service: str):
             return referral, steps
         steps.append(step)
         assert step.delay >= 0
-        event = step_event(step, referral, child, to, req.occurred_at + timedelta(seconds=len(events)), req.event_id)
+        when = req.occurred_at + timedelta(seconds=len(events))
+        event = step_event(b"test key", step, referral, child, to, when, req.event_id)
         events.append(event)
     raise AssertionError("the policy never finished")
 

@@ -1,6 +1,7 @@
 """Settings from the environment, with command-line flags taking precedence (see refbus.cli)."""
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,21 @@ class Settings:
     "0.0.0.0 in a container, so the orchestrator's probe can reach it."
     page_after_s: float = 5.0
     "The history pager: how long a child's new events may wait before they are paged."
+    event_id_key_hex: str | None = None
+    "Keys the services' derived event ids (REFBUS_EVENT_ID_KEY); unset: kept in the data dir."
+
+    def event_id_key(self) -> bytes:
+        """The deployment's event-id key: from the environment, else the data dir's (made on first
+        use, readable by its owner only). Every instance of the services must share it."""
+        if self.event_id_key_hex:
+            return bytes.fromhex(self.event_id_key_hex)
+        path = self.data_dir / "secrets" / "event-id.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())
 
     @classmethod
     def from_env(cls, **overrides: object) -> "Settings":
@@ -37,6 +53,7 @@ class Settings:
             "health_port": int(env["REFBUS_HEALTH_PORT"]) if env.get("REFBUS_HEALTH_PORT") else None,
             "health_host": env.get("REFBUS_HEALTH_HOST", "127.0.0.1"),
             "page_after_s": float(env.get("REFBUS_PAGE_AFTER_S", "5")),
+            "event_id_key_hex": env.get("REFBUS_EVENT_ID_KEY") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

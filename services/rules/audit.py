@@ -2,15 +2,16 @@
 stuck in a non-terminal state past their deadline. Pure: stored events in, a report out."""
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 from uuid import UUID
 
 from refbus.contracts.events import Event, ReferralRequested
 from refbus.contracts.vocabulary import Status, Urgency
-from refbus.services.referral import lifecycle
-from refbus.services.referral.state import ChildState, Referral, apply
+from refbus.services.rules import lifecycle
+from refbus.services.rules.state import ChildState, Referral, apply
 
 # How long a referral may wait in one status before it counts as stuck, by urgency, unless the
 # referrer set its own `respond_by`. Follow-up deadlines are what closes the loop in practice.
@@ -24,7 +25,7 @@ DEFAULT_DEADLINES: dict[Urgency, timedelta] = {
 @dataclass(frozen=True)
 class Finding:
     kind: str
-    "duplicate | illegal | gap | unreadable | stuck"
+    "duplicate | illegal | gap | unreadable | misrouted | stuck"
     seq: int
     detail: str
     child: str | None = None
@@ -73,7 +74,8 @@ class Auditor:
             report.findings.append(Finding("gap", seq, f"sequences {self._seen_seq + 1}..{seq - 1} are missing"))
         self._seen_seq = report.last_seq = seq
         if event is None:
-            report.findings.append(Finding("unreadable", seq, error or "cannot be decoded"))
+            kind = "misrouted" if (error or "").startswith("misrouted") else "unreadable"
+            report.findings.append(Finding(kind, seq, error or "cannot be decoded"))
             return
         report.stored_ids[event.event_id] += 1
         state = report.states.setdefault(event.child, ChildState(child=event.child))
@@ -119,4 +121,21 @@ def audit(stored: Iterable[tuple[int, Event | None, str | None]], now: datetime)
     auditor = Auditor(now)
     for seq, event, error in stored:
         auditor.see(seq, event, error)
+    return auditor.finish()
+
+
+class _Stored(Protocol):
+    seq: int
+    event: Event | None
+    error: str | None
+
+
+async def audit_replay(
+    replay: AsyncIterable[_Stored], now: datetime, deadlines: dict[Urgency, timedelta] | None = None
+) -> AuditReport:
+    """The audit of a replay of the log, as `refbus check`, the demo's summary and the fault tests
+    run it."""
+    auditor = Auditor(now) if deadlines is None else Auditor(now, deadlines)
+    async for stored in replay:
+        auditor.see(stored.seq, stored.event, stored.error)
     return auditor.finish()

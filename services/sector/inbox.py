@@ -1,19 +1,11 @@
-"""A sector's inbox: its durable pull consumer, fed by one pull request at a time.
+"""A sector's inbox: its durable pull consumer, fed by overlapping pull requests into one callback.
 
-Why not FastStream's pull subscriber: under load its dispatch of each message (task groups,
-semaphores, middlewares) cost more CPU than our handling of it, and its batch mode, which would
-spread that cost, kept fetching with short timeouts and lost messages in the client until the
-server redelivered them ack_wait later (3 to 9 of every 200 per sector in a run). Here the server
-pushes messages into one callback subscription, with no per-message wait or timeout in the client.
-
-Pull requests ask for at most as many messages as there are free workers, at least a quarter of
-the workers' worth, and overlap: the next one goes out as soon as that many workers are neither
-busy nor promised a message, before the last one is fulfilled. (With one request at a time, sized
-to the workers free when the last was fulfilled, a service whose handlers are quick asked for one
-or two messages per round trip and fell behind: the referrer's inbox, at 2,500 updates/s, lagged
-by seconds.) What a request still owes is forgotten when it expires (status 408 says how much),
-ends otherwise, or when the server has not been heard from for three heartbeats (a reconnect or a
-server restart loses pending requests).
+Not FastStream's pull subscriber: its per-message dispatch cost more CPU than the handling, and its
+batch mode lost messages until ack_wait (docs/decisions/0007-inbox-workers.md). Pull requests ask
+for at most as many messages as there are free workers, at least a quarter of the workers' worth,
+and overlap: the next goes out before the last is fulfilled. What a request still owes is forgotten
+when it expires (status 408 says how much), ends otherwise, or when the server has been silent for
+three heartbeats (a reconnect or a server restart loses pending requests).
 """
 
 import asyncio
@@ -24,21 +16,23 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
+
+from refbus.services.eventstore import jetstream
 
 log = structlog.get_logger(__name__)
 
 
-async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer unless it exists (an existing one keeps its configuration and
     its position)."""
     assert config.durable_name
     try:
-        await js.consumer_info(stream, config.durable_name)
-    except NotFoundError:
-        await js.add_consumer(stream, config=config)
+        await jetstream.api_request(nc, jetstream.consumer_info_subject(stream, config.durable_name), {}, 5.0)
+    except jetstream.ApiError as exc:
+        if exc.code != jetstream.CONSUMER_NOT_FOUND:
+            raise
+        await jetstream.create_consumer(nc, stream, config)
 
 
 class Inbox:
@@ -57,7 +51,7 @@ class Inbox:
         self.workers = workers
         self.expires = expires
         self.heartbeat = heartbeat
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = jetstream.next_message_subject(stream, consumer)
         self._reply = ""
         self._owed = 0
         "Messages the outstanding pull requests may still bring (0: none outstanding)."
@@ -103,13 +97,13 @@ class Inbox:
     async def _on_message(self, msg: Msg) -> None:
         self._heard = asyncio.get_running_loop().time()
         headers = msg.headers or {}
-        status = headers.get("Status")
+        status = jetstream.status_of(msg)
         if status is None:
             self._owed = max(0, self._owed - 1)
             task = asyncio.create_task(self._work(msg))
             self._working.add(task)
             task.add_done_callback(self._working.discard)
-        elif status == "100":
+        elif status == jetstream.HEARTBEAT:
             return  # idle heartbeat: the requests are alive
         else:
             # Expired (408), or ended by a leadership change, a deleted consumer, ... The server
@@ -117,7 +111,7 @@ class Inbox:
             # asks again).
             unfulfilled = headers.get("Nats-Pending-Messages", "")
             self._owed = max(0, self._owed - int(unfulfilled)) if unfulfilled.isdigit() else 0
-            if status != "408":
+            if status != jetstream.REQUEST_EXPIRED:
                 log.warning("pull_request_ended", status=status, description=headers.get("Description"))
                 return
         await self._pull()

@@ -24,7 +24,7 @@ from refbus.contracts.events import (
     VulnerabilityIdentified,
 )
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, LegalBasis, Status
-from refbus.services.referral.state import ChildState, Referral
+from refbus.services.rules.state import ChildState, Referral
 
 
 class IllegalEvent(Exception):

@@ -19,13 +19,14 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from refbus.contracts import subjects
+from refbus.services.eventstore import jetstream
 
 # Dedup by Nats-Msg-Id is a short-term guard against retried publishes; lasting idempotency
 # comes from the per-child expected-sequence check, so the window (and its memory) stays modest.
 DUPLICATE_WINDOW_S = 120.0
 
 # Exhausted deliveries are captured next to our own dead letters, so nothing set aside is lost.
-MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.STREAM}.>"
+MAX_DELIVERIES_ADVISORY = jetstream.max_deliveries_advisory(subjects.STREAM)
 
 
 def _append_only(**kwargs: object) -> StreamConfig:
@@ -101,7 +102,6 @@ def dead_letter_config(replicas: int = 1) -> StreamConfig:
     )
 
 
-NO_PEERS_YET = 10005  # "no suitable peers for placement": a cluster still forming
 
 
 async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
@@ -122,7 +122,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
                     await js.add_stream(config)
                 break
             except (ServiceUnavailableError, BadRequestError, TimeoutError) as exc:
-                retryable = not isinstance(exc, BadRequestError) or exc.err_code == NO_PEERS_YET
+                retryable = not isinstance(exc, BadRequestError) or exc.err_code == jetstream.NO_PEERS_YET
                 if not retryable or asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.5)

@@ -8,9 +8,20 @@ from dataclasses import replace
 from faststream import FastStream
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.core.sector_service import sector_app_factory
-from refbus.services.core.settings import Settings
+from refbus.services.education import main as education
+from refbus.services.health import main as health
+from refbus.services.justice import main as justice
 from refbus.services.pager.main import create_app as pager_app
+from refbus.services.runtime.settings import Settings
+from refbus.services.social import main as social
+
+SECTOR_APPS = {
+    Sector.SOCIAL: social.create_app,
+    Sector.HEALTH: health.create_app,
+    Sector.EDUCATION: education.create_app,
+    Sector.JUSTICE: justice.create_app,
+}
+"Each sector's service as its own deployment runs it (services/<sector>/main.py)."
 
 
 @asynccontextmanager
@@ -18,7 +29,7 @@ async def sector_services(
     url: str, settings: Settings, sectors: Iterable[Sector] = tuple(Sector)
 ) -> AsyncIterator[dict[Sector, FastStream]]:
     settings = replace(settings, nats_url=url)
-    apps = {sector: sector_app_factory(sector)(settings) for sector in sectors}
+    apps = {sector: SECTOR_APPS[sector](settings) for sector in sectors}
     started: list[FastStream] = []
     try:
         for app in apps.values():

@@ -2,41 +2,30 @@
 
 Ack policy is manual and explicit: ack after the resulting events are acknowledged by JetStream,
 nak with a growing delay on a transient failure (bounded by max_deliver; exhausted messages are
-captured in the dead-letter stream by their advisory), and set aside what cannot be decoded.
+captured in the dead-letter stream by their advisory), and set aside what cannot be taken: bytes
+that do not decode, a payload whose route is not its subject's, an event the rules refuse.
 """
 
 import asyncio
 import hashlib
-import importlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import msgspec
 import structlog
-from faststream import FastStream
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import codec, subjects
-from refbus.contracts.events import (
-    AnyEvent,
-    ReferralEvent,
-    ReferralRequested,
-    event_type,
-)
+from refbus.contracts.events import AnyEvent, ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import Sector, Status
-from refbus.services.core.app import service_app
-from refbus.services.core.eventlog import ConcurrencyConflict, EventLog
-from refbus.services.core.inbox import Inbox, ensure_consumer
-from refbus.services.core.logs import configure_logging
-from refbus.services.core.settings import Settings
-from refbus.services.referral.lifecycle import IllegalEvent, check
-from refbus.services.referral.policy import SectorPolicy, Step
-from refbus.services.referral.state import ChildState, apply
-from refbus.services.referral.work import onward_request, receipt, step_event
+from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken
+from refbus.services.eventstore.store import EventStore
+from refbus.services.rules.decisions import onward_request, receipt, step_event
+from refbus.services.rules.lifecycle import IllegalEvent, check
+from refbus.services.rules.policy import SectorPolicy, Step
+from refbus.services.rules.state import ChildState, apply, fold
 
 log = structlog.get_logger(__name__)
 
@@ -46,23 +35,8 @@ MAX_DELIVER = 20
 # ack-pending slot until it is closed: the limit bounds the referrals one sector has in work at once.
 MAX_ACK_PENDING = 20_000
 INLINE_WAIT = 0.05
-# Referrals worked on at once. A referral holds its worker through every step due within
-# INLINE_WAIT of the last, each an append awaited (a few round trips, ~0.2 s at 500 referrals/s on
-# the 2-core machine): 64 were all busy at that load, and deliveries queued behind them for
-# hundreds of milliseconds. A worker is a coroutine, so 256 cost little.
+# Referrals worked on at once; a worker is a coroutine (docs/decisions/0007-inbox-workers.md).
 WORKERS = 256
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    """What operators see of a message set aside: where it is in the log and why, no payload."""
-
-    stream_seq: int
-    subject: str
-    consumer: str
-    reason: str
-    sha256: str
-    size: int
-    set_aside_at: datetime
 
 
 def inbox_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
@@ -82,23 +56,18 @@ class SectorService:
         self,
         sector: Sector,
         policy: SectorPolicy,
-        connection: Callable[[], NATS],
+        store: EventStore,
+        id_key: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sector = sector
         self.policy = policy
+        self.store = store
+        self.id_key = id_key
+        "Keys the derived ids of this sector's steps (rules/decisions.py)."
         self.clock = clock
-        self._connection = connection
-        self._eventlog: EventLog | None = None
         # Events of one child are handled one at a time, in delivery order (asyncio locks are FIFO).
         self._child_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    @property
-    def eventlog(self) -> EventLog:
-        # Built on first use: the broker connects before it delivers the first message.
-        if self._eventlog is None:
-            self._eventlog = EventLog(self._connection())
-        return self._eventlog
 
     @property
     def consumer_name(self) -> str:
@@ -111,6 +80,11 @@ class SectorService:
             event = codec.decode(body)
         except codec.UndecodableEvent as exc:
             await self.set_aside(raw.subject, seq, body, exc.reason)
+            await raw.ack()
+            return
+        route = subjects.event_subject(event.child, event.from_sector, event.to_sector)
+        if route != raw.subject:
+            await self.set_aside(raw.subject, seq, body, f"misrouted: stored on {raw.subject}, payload says {route}")
             await raw.ack()
             return
         if event.to_sector != self.sector:
@@ -127,6 +101,10 @@ class SectorService:
             except IllegalEvent as exc:
                 # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
                 await self.set_aside(raw.subject, seq, body, f"handling refused: {exc.reason}")
+                await raw.ack()
+                return
+            except EventIdTaken as exc:
+                await self.set_aside(raw.subject, seq, body, f"handling refused: {exc}")
                 await raw.ack()
                 return
             except Exception as exc:
@@ -149,9 +127,19 @@ class SectorService:
             case ReferralRequested():
                 return await self.work_on(event, seq, first_delivery)
             case ReferralEvent():
-                # Closed loop: the receiver tells us, the referrer, how our referral went.
+                # Closed loop: the receiver tells us, the referrer, how our referral went; whoever
+                # wrote it, it must have been legal where the log put it.
+                await self.state_before(event, seq)
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
+
+    async def state_before(self, event: AnyEvent, seq: int) -> ChildState:
+        """The child just before `event` (stored at `seq`); raises IllegalEvent if `event` may not
+        follow it (a raw writer slipped it past the services)."""
+        history = await self.store.history(event.child, min_seq=seq, fresh=False, paged=False)
+        before = fold(event.child, [(h.seq, h.event) for h in history if h.seq < seq and h.event is not None])
+        check(before, event)
+        return before
 
     async def acknowledge_receipt(self, request: ReferralRequested, seq: int) -> ChildState | None:
         """The delivery receipt at once, before reading the child: appended on condition that the
@@ -160,15 +148,21 @@ class SectorService:
         to wait for the index to copy the receipt. Returns None if the child had moved on (the
         server refused the receipt): `work_on` then reads and decides as for every later step."""
         just_requested = apply(ChildState(child=request.child), request, seq)
-        event = receipt(just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id)
+        event = receipt(
+            self.id_key, just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id
+        )
         try:
-            check(just_requested, event)
-            receipt_seq = await self.eventlog.append(event, expected_last_seq=seq)
-        except (ConcurrencyConflict, IllegalEvent):
+            done = await self.store.transact(request.child, lambda _state: [event], state=just_requested, attempts=1)
+        except ConcurrencyConflict:
             return None
-        state = await self.eventlog.load(request.child, min_seq=seq, fresh=False)
+        if not done.stored:
+            return None
+        history = await self.store.history(request.child, min_seq=seq, fresh=False, paged=False)
+        # The request itself must have been legal where the log put it (whoever wrote it).
+        check(fold(request.child, [(h.seq, h.event) for h in history if h.seq < seq and h.event]), request)
+        state = fold(request.child, [(h.seq, h.event) for h in history if h.event is not None])
         if event.event_id not in state.event_ids:
-            apply(state, event, receipt_seq)
+            apply(state, event, done.stored[0])
         return state
 
     async def work_on(self, request: ReferralRequested, seq: int, first_delivery: bool = False) -> float | None:
@@ -180,12 +174,13 @@ class SectorService:
         def receive(fresh: ChildState) -> list[ReferralEvent]:
             referral = fresh.referrals[rid]
             if referral.received_at is None and referral.status is Status.REQUESTED:
-                return [receipt(referral, request.child, self.clock(), request.event_id)]
+                return [receipt(self.id_key, referral, request.child, self.clock(), request.event_id)]
             return []
 
         state = await self.acknowledge_receipt(request, seq) if first_delivery else None
         if state is None:
-            state = (await self.eventlog.transact(request.child, receive, min_seq=seq)).state
+            await self.state_before(request, seq)
+            state = (await self.store.transact(request.child, receive, min_seq=seq)).state
         while True:
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)
@@ -205,20 +200,20 @@ class SectorService:
                 if fresh.referrals[rid].status != seen:
                     return []
                 now, cause = self.clock(), request.event_id
-                return [step_event(planned, fresh.referrals[rid], request.child, self.sector, now, cause)]
+                return [step_event(self.id_key, planned, fresh.referrals[rid], request.child, self.sector, now, cause)]
 
-            state = (await self.eventlog.transact(request.child, decide, state=state)).state
+            state = (await self.store.transact(request.child, decide, state=state)).state
 
     async def send_onward(self, request: ReferralRequested, state: ChildState) -> None:
         referral = state.referrals[request.referral_id]
         onward = await self.policy.onward(referral, state)
         completed_by = request.event_id
         events = [
-            onward_request(o, referral, i, request.child, self.clock(), completed_by)
+            onward_request(self.id_key, o, referral, i, request.child, self.clock(), completed_by)
             for i, o in enumerate(onward)
         ]
         if events:
-            await self.eventlog.transact(request.child, lambda _fresh: events, state=state)
+            await self.store.transact(request.child, lambda _fresh: events, state=state)
             log.info("referred_onward", to=[e.to_sector.value for e in events if e.to_sector])
 
     async def set_aside(self, subject: str, seq: int, body: bytes, reason: str) -> None:
@@ -232,45 +227,5 @@ class SectorService:
             size=len(body),
             set_aside_at=self.clock(),
         )
-        await self.eventlog.js.publish(
-            subjects.dead_letter_subject(self.sector),
-            msgspec.json.encode(record),
-            headers={"Nats-Msg-Id": f"dead:{self.consumer_name}:{seq}", "Refbus-Reason": reason[:200]},
-        )
+        await self.store.set_aside(self.sector.value, record)
         log.warning("set_aside", seq=seq, reason=reason)
-
-
-def build_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = WORKERS) -> FastStream:
-    """The composition root of one sector's service."""
-    inboxes: list[Inbox] = []
-    connections: list[NATS] = []
-    service = SectorService(sector, policy, lambda: connections[0])
-
-    async def start_inbox(nc: NATS) -> None:
-        # The inbox is ours, not a FastStream subscriber: see services/core/inbox.py.
-        connections.append(nc)
-        await ensure_consumer(nc.jetstream(), subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
-        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
-        await inboxes[0].start()
-        log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
-
-    async def stop_inbox() -> None:
-        for inbox in inboxes:
-            await inbox.stop(wait=5.0)
-
-    app = service_app(sector.value, settings, start_inbox, stop_inbox)
-    app.service = service  # type: ignore[attr-defined]  # for tests and the CLI
-    return app
-
-
-def sector_app_factory(sector: Sector) -> Callable[..., FastStream]:
-    """`create_app` for a sector's main.py: its policy comes from services/<sector>/policy.py."""
-
-    def create_app(settings: Settings | None = None) -> FastStream:
-        settings = settings or Settings.from_env()
-        if not structlog.is_configured():
-            configure_logging()
-        policy_module = importlib.import_module(f"refbus.services.{sector.value}.policy")
-        return build_app(sector, policy_module.build_policy(settings), settings)
-
-    return create_app

@@ -34,7 +34,7 @@ from refbus.contracts.vocabulary import (
     Status,
     Urgency,
 )
-from refbus.services.referral.state import ChildState, Referral
+from refbus.services.rules.state import ChildState, Referral
 
 T = TypeVar("T")
 

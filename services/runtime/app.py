@@ -5,12 +5,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 
-from refbus.services.core.health import serve_health
-from refbus.services.core.settings import Settings
+from refbus.services.runtime.health import serve_health
+from refbus.services.runtime.logs import configure_logging
+from refbus.services.runtime.settings import Settings
 
 
 def _faststream_logger() -> logging.Logger:
@@ -28,6 +30,8 @@ def service_app(
 ) -> FastStream:
     """An app named `refbus-<name>` that calls `start(connection)` once connected and `stop()` on
     the way out, and serves /healthz when settings ask for it."""
+    if not structlog.is_configured():
+        configure_logging()
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{name}",

@@ -1,18 +1,21 @@
 """Turns a sector's decisions into events, with ids derived from the referral and its step.
 
 Deterministic ids make a retried handler idempotent: the same step of the same referral always has
-the same event id, so the log stores it once (Nats-Msg-Id inside the dedup window, the child's
-recorded event ids after it).
+the same event id, so the log stores it once. The derivation is keyed with the deployment's event-id
+key (HMAC-SHA256), so no writer without the key can compute a future id and squat it
+(docs/decisions/0006-keyed-event-ids.md).
 """
 
+import hashlib
+import hmac
 from datetime import datetime
 from hashlib import blake2b
-from uuid import UUID, uuid5
+from uuid import UUID
 
 from refbus.contracts.events import ReferralEvent, ReferralReceived, ReferralRequested
 from refbus.contracts.vocabulary import LegalBasis, Sector
-from refbus.services.referral.policy import OnwardReferral, Step
-from refbus.services.referral.state import Referral
+from refbus.services.rules.policy import OnwardReferral, Step
+from refbus.services.rules.state import Referral
 
 
 def worker_for(sector: Sector, referral_id: UUID, team_size: int = 12) -> str:
@@ -21,13 +24,20 @@ def worker_for(sector: Sector, referral_id: UUID, team_size: int = 12) -> str:
     return "w" + blake2b(f"{sector.value}:{member}".encode(), digest_size=5).hexdigest()
 
 
+def derived_id(key: bytes, referral_id: UUID, label: str) -> UUID:
+    """The id of one step of one referral: the same every time for the same key, unpredictable
+    without it."""
+    digest = hmac.new(key, referral_id.bytes + label.encode(), hashlib.sha256).digest()
+    return UUID(bytes=digest[:16], version=4)
+
+
 def step_event(
-    step: Step, referral: Referral, child: str, sector: Sector, now: datetime, causation_id: UUID | None
+    key: bytes, step: Step, referral: Referral, child: str, sector: Sector, now: datetime, causation_id: UUID | None
 ) -> ReferralEvent:
     tag = step.kind.__struct_config__.tag
     occurrence = referral.steps.get(tag, 0) + 1
     return step.kind(
-        event_id=uuid5(referral.referral_id, f"{tag}#{occurrence}"),
+        event_id=derived_id(key, referral.referral_id, f"{tag}#{occurrence}"),
         child=child,
         from_sector=sector,
         to_sector=referral.counterpart(sector),
@@ -40,18 +50,18 @@ def step_event(
     )
 
 
-def receipt(referral: Referral, child: str, now: datetime, causation_id: UUID) -> ReferralReceived:
+def receipt(key: bytes, referral: Referral, child: str, now: datetime, causation_id: UUID) -> ReferralReceived:
     """The automatic delivery acknowledgement the receiving system sends as soon as it has a referral."""
-    return step_event(Step(ReferralReceived), referral, child, referral.receiver, now, causation_id)  # type: ignore[return-value]
+    return step_event(key, Step(ReferralReceived), referral, child, referral.receiver, now, causation_id)  # type: ignore[return-value]
 
 
 def onward_request(
-    onward: OnwardReferral, source: Referral, index: int, child: str, now: datetime, causation_id: UUID
+    key: bytes, onward: OnwardReferral, source: Referral, index: int, child: str, now: datetime, causation_id: UUID
 ) -> ReferralRequested:
     """A new referral that `source`'s receiver sends on; same correlation chain as `source`."""
     return ReferralRequested(
-        event_id=uuid5(source.referral_id, f"onward-event#{index}"),
-        referral_id=uuid5(source.referral_id, f"onward-referral#{index}"),
+        event_id=derived_id(key, source.referral_id, f"onward-event#{index}"),
+        referral_id=derived_id(key, source.referral_id, f"onward-referral#{index}"),
         child=child,
         from_sector=source.receiver,
         to_sector=onward.to_sector,

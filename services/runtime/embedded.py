@@ -10,13 +10,15 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+# deploy/ ships as package data (refbus.deploy), so an installed refbus finds its configs too.
+DEPLOY_DIR = Path(str(resources.files("refbus.deploy")))
 DEFAULT_CONFIG = DEPLOY_DIR / "nats-server.conf"
 
 

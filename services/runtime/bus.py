@@ -9,9 +9,9 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
-from refbus.services.core import streams
-from refbus.services.core.natsserver import EmbeddedNats, port_open
-from refbus.services.core.settings import DEFAULT_NATS_URL, Settings
+from refbus.services.eventstore import streams
+from refbus.services.runtime.embedded import EmbeddedNats, port_open
+from refbus.services.runtime.settings import DEFAULT_NATS_URL, Settings
 
 log = structlog.get_logger(__name__)
 

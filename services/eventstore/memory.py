@@ -1,0 +1,62 @@
+"""An event store in memory, with the JetStream store's interface and semantics (per-child expected
+sequence, all-or-nothing appends, duplicate ids refused), for unit tests of handlers in
+milliseconds. Never a substitute for the real one: the same contract tests run on both
+(tests/contract/test_event_store.py)."""
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+from refbus.contracts import codec
+from refbus.contracts.events import Event
+from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken, StoredEvent
+from refbus.services.eventstore.store import EventStore
+
+
+class InMemoryEventStore(EventStore):
+    def __init__(self) -> None:
+        self.log: list[StoredEvent] = []
+        self.dead_letters: dict[str, list[DeadLetter]] = {}
+        self._ids: dict[object, int] = {}
+        self._last: dict[str, int] = {}
+
+    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
+        actual = self._last.get(child, 0)
+        if actual != expected_last_seq:
+            raise ConcurrencyConflict(child, expected_last_seq, f"wrong last sequence: {actual}", actual)
+        for event in events:
+            if event.event_id in self._ids:
+                raise EventIdTaken(event, self._ids[event.event_id])
+        stored = []
+        now = datetime.now(UTC)
+        for event in events:
+            seq = len(self.log) + 1
+            # Through the codec, as on the wire: what is read back is what a reader of the log gets.
+            self.log.append(StoredEvent(seq, now, codec.decode(codec.encode(event))))
+            self._ids[event.event_id] = seq
+            self._last[event.child] = seq
+            stored.append(seq)
+        return stored
+
+    async def history(
+        self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, fresh: bool = True, paged: bool = True
+    ) -> list[StoredEvent]:
+        return [
+            e for e in self.log
+            if e.event is not None and e.event.child == child and (upto_seq is None or e.seq <= upto_seq)
+        ]
+
+    async def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:  # type: ignore[override]
+        for stored in self.log[from_seq - 1 :]:
+            yield stored
+
+    async def children(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for stored in self.log:
+            if stored.event is not None:
+                found[stored.event.child] = found.get(stored.event.child, 0) + 1
+        return found
+
+    async def set_aside(self, by: str, record: DeadLetter) -> None:
+        kept = self.dead_letters.setdefault(by, [])
+        if all((r.consumer, r.stream_seq) != (record.consumer, record.stream_seq) for r in kept):
+            kept.append(record)

@@ -1,0 +1,53 @@
+"""The composition root of one sector's service: its policy, the event store on the broker's
+connection, the inbox feeding the handler, inside the app every refbus service runs in."""
+
+from collections.abc import Callable
+
+import structlog
+from faststream import FastStream
+from nats.aio.client import Client as NATS
+
+from refbus.contracts import subjects
+from refbus.contracts.vocabulary import Sector
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.rules.policy import SectorPolicy
+from refbus.services.runtime.app import service_app
+from refbus.services.runtime.settings import Settings
+from refbus.services.sector.inbox import Inbox, ensure_consumer
+from refbus.services.sector.service import WORKERS, SectorService, inbox_consumer
+
+log = structlog.get_logger(__name__)
+
+PolicyFactory = Callable[[Settings], SectorPolicy]
+
+
+def sector_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = WORKERS) -> FastStream:
+    """One sector's service as an app: started, it consumes the sector's inbox."""
+    inboxes: list[Inbox] = []
+    services: list[SectorService] = []
+
+    async def start_inbox(nc: NATS) -> None:
+        service = SectorService(sector, policy, JetStreamEventStore(nc), settings.event_id_key())
+        services.append(service)
+        await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
+        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
+        await inboxes[0].start()
+        log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
+
+    async def stop_inbox() -> None:
+        for inbox in inboxes:
+            await inbox.stop(wait=5.0)
+
+    app = service_app(sector.value, settings, start_inbox, stop_inbox)
+    app.services = services  # type: ignore[attr-defined]  # for tests: the service once started
+    return app
+
+
+def app_factory(sector: Sector, build_policy: PolicyFactory) -> Callable[..., FastStream]:
+    """`create_app` for a sector's main.py (what `faststream run --factory` and `refbus service` call)."""
+
+    def create_app(settings: Settings | None = None) -> FastStream:
+        settings = settings or Settings.from_env()
+        return sector_app(sector, build_policy(settings), settings)
+
+    return create_app
