@@ -341,3 +341,25 @@ def test_every_allow_has_a_reason() -> None:
         assert not (stale := [a for a in reasons if a not in allowed]), f"{user}: reason for no allow {stale}"
         assert all(why.strip() for why in reasons.values())
     assert set(PERMISSIONS) == set(configured)
+
+
+def helm_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
+    """Each user's allowed (direction, subject) pairs in deploy/k8s/nats-values.yaml."""
+    users: dict[str, dict[tuple[str, str], None]] = {}
+    user, direction = "", ""
+    for line in text.splitlines():
+        if found := re.match(r"\s+- user: (\w+)", line):
+            user, direction = found.group(1), ""
+        elif found := re.match(r"\s+(publish|subscribe):", line):
+            direction = "pub" if found.group(1) == "publish" else "sub"
+        elif user and direction and (found := re.match(r'\s+- "([^"]+)"$', line)):
+            users.setdefault(user, {})[(direction, found.group(1))] = None
+        elif not line.startswith(" " * 10):
+            user, direction = "", ""
+    return users
+
+
+def test_the_helm_values_grant_exactly_the_same() -> None:
+    conf = configured_permissions(PERMISSIONS_CONFIG.read_text())
+    helm = helm_permissions((PERMISSIONS_CONFIG.parent / "k8s" / "nats-values.yaml").read_text())
+    assert helm == conf
