@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, ConsumerInfo
 
 # -- subjects of the JetStream API -----------------------------------------------------------------
 API = "$JS.API"
@@ -154,13 +154,17 @@ async def subject_counts(nc: NATS, stream: str, subjects_filter: str, wait: floa
             return found
 
 
-async def create_consumer(nc: NATS, stream: str, config: ConsumerConfig, wait: float = 5.0) -> None:
-    """Create a durable consumer with its filter in the request subject (the only form the secured
-    permissions allow a sector); an existing one with the same configuration is left as it is."""
-    assert config.durable_name and config.filter_subject and not config.filter_subjects
-    subject = consumer_create_subject(stream, config.durable_name, config.filter_subject)
-    body = {"stream_name": stream, "config": config.evolve(name=config.durable_name).as_dict(), "action": "create"}
-    await api_request(nc, subject, body, wait)
+async def create_consumer(nc: NATS, stream: str, config: ConsumerConfig, wait: float = 5.0) -> ConsumerInfo:
+    """Create a durable consumer on the subject that carries its filter, the only form the secured
+    permissions allow (the server refuses a config whose filter is not the subject's, 10131). nats-py's
+    add_consumer takes the legacy DURABLE.CREATE subject for a durable name alone. Action `create`:
+    the same config again is a no-op, another config is refused (no silent repointing)."""
+    name = config.name or config.durable_name
+    if not name or not config.filter_subject or config.filter_subjects:
+        raise ValueError("a consumer created this way needs a name and exactly one filter_subject")
+    subject = consumer_create_subject(stream, name, config.filter_subject)
+    body = {"stream_name": stream, "config": config.evolve(name=name).as_dict(), "action": "create"}
+    return ConsumerInfo.from_response(await api_request(nc, subject, body, wait))
 
 
 async def direct_get(nc: NATS, stream: str, request: dict[str, object], wait: float) -> Msg | None:

@@ -10,6 +10,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 
+from refbus.services.runtime.bus import reply_prefix
 from refbus.services.runtime.health import serve_health
 from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings
@@ -38,6 +39,7 @@ def service_app(
         logger=_faststream_logger(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
+        inbox_prefix=reply_prefix(settings.nats_url or ""),
     )
     app = FastStream(broker, logger=None)
     health: list[asyncio.Server] = []

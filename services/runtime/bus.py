@@ -29,9 +29,17 @@ def _reachable(url: str) -> bool:
     return parsed.hostname is not None and port_open(parsed.port or 4222, parsed.hostname)
 
 
+def reply_prefix(url: str) -> str:
+    """The reply-inbox prefix of the user a URL connects as, `_INBOX.<user>` (nats-py's `_INBOX`
+    without a user): under the secured permissions a user may subscribe to its own replies only."""
+    user = urlparse(url.split(",")[0]).username
+    return f"_INBOX.{user}" if user else "_INBOX"
+
+
 async def connect(url: str, name: str = "refbus") -> NATS:
     return await nats.connect(
-        servers=url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        servers=url.split(","), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        inbox_prefix=reply_prefix(url),
     )
 
 

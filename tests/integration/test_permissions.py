@@ -1,11 +1,13 @@
 """Least privilege, on a real server with deploy/nats-permissions.conf: a sector service works with
-its own user, and the server refuses that user writing as another sector."""
+its own user, and the server refuses that user writing as another sector.
+
+Every connection here uses its user's reply prefix (`_INBOX.<user>`), the only subjects it may
+subscribe to, as the services do. test_permissions_holes.py has the holes an outside attacker found."""
 
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -16,36 +18,26 @@ from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import HistoryPager, pager_checkpoint
-from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
+from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, record, request
+from tests.integration import secured
+from tests.integration.secured import connect_as, url_for
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
-USERS = ("admin", "operator", "social", "health", "education", "justice", "pager")
 
 
 @pytest.fixture
 def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedNats]:
-    for user in USERS:
-        monkeypatch.setenv(f"REFBUS_{user.upper()}_PASSWORD", f"pw-{user}")
-    server = EmbeddedNats(tmp_path / "nats", config=DEPLOY_DIR / "nats-server-secured.conf").start()
-    yield server
-    server.stop()
+    yield from secured.secured_server(tmp_path, monkeypatch)
 
 
-def url_for(server: EmbeddedNats, user: str) -> str:
-    return f"nats://{user}:pw-{user}@127.0.0.1:{server.port}"
-
-
-async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -> None:
-    admin = await nats.connect(url_for(secured_server, "admin"))
+async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = await connect_as(secured_server, "admin")
     await streams.provision(admin.jetstream())
     errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    social = await nats.connect(url_for(secured_server, "social"), error_cb=on_error)
+    social = await connect_as(secured_server, "social", errors)
     social_log = JetStreamEventStore(social, timeout=2.0)
     child = new_child()
     async with running(url_for(secured_server, "health"), {Sector.HEALTH: ScriptedPolicy([])}):
@@ -69,7 +61,7 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -
         assert all(e.from_sector is not Sector.HEALTH or e.to_sector is Sector.SOCIAL for e in history if e)
 
         # The operator sees flows (stream state) but cannot read a child's events.
-        operator = await nats.connect(url_for(secured_server, "operator"), error_cb=on_error)
+        operator = await connect_as(secured_server, "operator", errors)
         info = await operator.jetstream().stream_info(subjects.STREAM)
         assert info.state.messages >= 2
         with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
@@ -80,18 +72,14 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats) -
 
 
 async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedNats) -> None:
-    admin = await nats.connect(url_for(secured_server, "admin"))
+    admin = await connect_as(secured_server, "admin")
     await streams.provision(admin.jetstream())
-    social = await nats.connect(url_for(secured_server, "social"))
+    social = await connect_as(secured_server, "social")
     social_log = JetStreamEventStore(social, timeout=2.0)
     child = new_child()
     seq = await record(social_log, request(child, Sector.SOCIAL, Sector.HEALTH))
     errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    pager_nc = await nats.connect(url_for(secured_server, "pager"), error_cb=on_error)
+    pager_nc = await connect_as(secured_server, "pager", errors)
     pager = HistoryPager(pager_nc, flush_after=0.05, timeout=2.0)
     await pager.start()
     try:

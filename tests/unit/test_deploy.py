@@ -262,7 +262,7 @@ def test_the_docs_run_the_nats_server_from_the_venv() -> None:
 
 
 def _read_by_refbus() -> set[str]:
-    sources = ["services/core/settings.py", "refbus/cli.py", "services/core/logs.py"]
+    sources = ["services/runtime/settings.py", "refbus/cli.py", "services/runtime/logs.py"]
     names = set()
     for source in sources:
         names |= set(re.findall(r"[\"'](REFBUS_[A-Z0-9_]+)[\"']", (ROOT / source).read_text()))
