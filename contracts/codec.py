@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from refbus.contracts import subjects
 from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event
 
 MAX_EVENT_BYTES = 16 * 1024
@@ -58,6 +59,14 @@ class NewerSchemaVersion(UndecodableEvent):
     readable until the reader is upgraded; set it aside for then rather than treat it as garbage."""
 
 
+class MisroutedEvent(UndecodableEvent):
+    """A decodable event on a subject that names another child, sender or receiver than it does."""
+
+    def __init__(self, reason: str, event: AnyEvent) -> None:
+        super().__init__(reason)
+        self.event = event
+
+
 def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
@@ -88,6 +97,37 @@ def decode(data: bytes) -> AnyEvent:
         raise UndecodableEvent(f"not UTF-8: {exc}") from None
     except Exception as exc:
         raise UndecodableEvent(f"unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def decode_on(subject: str, data: bytes) -> AnyEvent:
+    """The event in `data`, read from `subject`: as `decode`, and MisroutedEvent if the subject's
+    child, sender or receiver is not the event's."""
+    event = decode(data)
+    mismatch = subject_mismatch(subject, event)
+    if mismatch is not None:
+        raise MisroutedEvent(mismatch, event)
+    return event
+
+
+def subject_mismatch(subject: str, event: Event) -> str | None:
+    """None if `subject` is the event subject of this event's child, sender and receiver; else why not,
+    e.g. ``subject says from health, payload says social``."""
+    try:
+        child, from_sector, to_sector = subjects.parse_event_subject(subject)
+    except ValueError as exc:
+        return str(exc)
+    differences = []
+    if child != event.child:
+        differences.append(f"subject says child {child}, payload says {event.child}")
+    if from_sector != event.from_sector:
+        differences.append(f"subject says from {from_sector.value}, payload says {event.from_sector.value}")
+    if to_sector != event.to_sector:
+        differences.append(f"subject says to {_sector_name(to_sector)}, payload says {_sector_name(event.to_sector)}")
+    return "; ".join(differences) or None
+
+
+def _sector_name(sector: Any) -> str:
+    return subjects.NO_SECTOR if sector is None else sector.value
 
 
 def _decode_other(data: bytes) -> AnyEvent:
