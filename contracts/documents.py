@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from refbus.contracts import subjects
+from refbus.contracts import codec, subjects
 from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent
 from refbus.contracts.vocabulary import Sector
 
@@ -43,15 +43,39 @@ APPEND_HEADERS: dict[str, Any] = {
 }
 
 
+BOUNDS = (
+    f"An event is at most {codec.MAX_EVENT_BYTES} bytes of UTF-8 JSON, nested at most {codec.MAX_DEPTH} deep, "
+    "with no field outside its type's contract (additionalProperties: false). A reader refuses an event of a "
+    "schema_version newer than its own, to set it aside until it is upgraded."
+)
+
+# msgspec writes UUIDs and times as formats, which validators need not check: bounded here too.
+_FORMAT_MAX_LENGTH = {"uuid": 36, "date-time": 40}
+
+
+def _bounded(node: Any) -> Any:
+    """`node` with a maxLength on every string of a bounded format that lacks one."""
+    if isinstance(node, dict):
+        node = {key: _bounded(value) for key, value in node.items()}
+        if node.get("format") in _FORMAT_MAX_LENGTH:
+            node.setdefault("maxLength", _FORMAT_MAX_LENGTH[node["format"]])
+        return node
+    if isinstance(node, list):
+        return [_bounded(value) for value in node]
+    return node
+
+
 def json_schema() -> dict[str, Any]:
-    schema = msgspec.json.schema(AnyEvent)
+    schema = _bounded(msgspec.json.schema(AnyEvent))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "refbus event"
+    schema["description"] = BOUNDS
     return schema
 
 
 def asyncapi() -> dict[str, Any]:
     (_, components) = msgspec.json.schema_components([AnyEvent], ref_template="#/components/schemas/{name}")
+    components = _bounded(components)
     components["AppendHeaders"] = APPEND_HEADERS
     names = [cls.__name__ for cls in ALL_EVENT_TYPES]
     messages = {
@@ -77,7 +101,7 @@ def asyncapi() -> dict[str, Any]:
                 f"on the append-only JetStream stream {subjects.STREAM}. Sector X receives with a durable consumer "
                 f"filtered on {subjects.inbox_filter(Sector.SOCIAL).replace('social', 'X')} and may publish only "
                 f"on {subjects.sender_permission(Sector.SOCIAL).replace('social', 'X')}. Referral statuses follow "
-                "HL7 FHIR Task.status."
+                "HL7 FHIR Task.status. " + BOUNDS
             ),
         },
         "defaultContentType": "application/json",

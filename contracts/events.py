@@ -31,28 +31,34 @@ ChildRef = Annotated[
     str,
     msgspec.Meta(
         pattern=r"^c[0-9a-f]{16}$",
+        max_length=17,
         description="Pseudonymous child reference issued by the referring system; never a name or national id.",
     ),
 ]
 WorkerRef = Annotated[
     str,
-    msgspec.Meta(pattern=r"^w[0-9a-f]{8,16}$", description="Pseudonymous id of the acting worker."),
+    msgspec.Meta(pattern=r"^w[0-9a-f]{8,16}$", max_length=17, description="Pseudonymous id of the acting worker."),
 ]
 HouseholdRef = Annotated[
-    str, msgspec.Meta(pattern=r"^h[0-9a-f]{16}$", description="Pseudonymous household reference.")
+    str, msgspec.Meta(pattern=r"^h[0-9a-f]{16}$", max_length=17, description="Pseudonymous household reference.")
 ]
 ServiceCode = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z_]{3,40}$", description="A service from the receiving sector's catalogue."
+        pattern=r"^[a-z_]{3,40}$", max_length=40, description="A service from the receiving sector's catalogue."
     ),
 ]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+Sectors = Annotated[tuple[Sector, ...], msgspec.Meta(max_length=len(Sector))]
+# A pattern's `$` also matches before a final newline (in Python's re, which msgspec uses), so
+# "c0123456789abcdef\n" would pass as a child: the max_length of each pattern above refuses that.
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False, forbid_unknown_fields=True):
     """The envelope every event carries. Immutable values only, so no event can be part of a
-    reference cycle: the garbage collector need not track them (millions pass through a replay)."""
+    reference cycle: the garbage collector need not track them (millions pass through a replay).
+    A field outside the contract is refused, not ignored (nor stored): personal data cannot ride
+    along in one (the JSON Schema says `additionalProperties: false`)."""
 
     event_id: UUID
     schema_version: int = 1
@@ -142,13 +148,13 @@ class BasicServiceDelivered(Event, frozen=True, kw_only=True, tag="case.service-
 
 class ConsentRecorded(Event, frozen=True, kw_only=True, tag="case.consent-recorded"):
     given_by: Guardian
-    sectors: tuple[Sector, ...]
+    sectors: Sectors
     "The sectors the guardian agreed may receive this child's referrals."
 
 
 class ConsentWithdrawn(Event, frozen=True, kw_only=True, tag="case.consent-withdrawn"):
     withdrawn_by: Guardian
-    sectors: tuple[Sector, ...]
+    sectors: Sectors
 
 
 AnyEvent = (

@@ -8,6 +8,7 @@ far in REFBUS_CHILDREN they reach; what came after is read from the index itself
 """
 
 import itertools
+from typing import Any
 
 import msgspec
 
@@ -36,6 +37,12 @@ class PagerCheckpoint(msgspec.Struct, frozen=True):
     index_seq: int
 
 
+class UnreadablePage(ValueError, RuntimeError):
+    """A page or checkpoint that is not one: whatever is wrong with its bytes, this is raised, nothing
+    else. A page is disposable (the index has its events), so a reader takes the index instead.
+    Also a RuntimeError, which EventLog.history_pages already treats as "no pages"."""
+
+
 _page_encoder = msgspec.msgpack.Encoder()
 _page_decoder = msgspec.msgpack.Decoder(HistoryPage)
 _checkpoint_decoder = msgspec.msgpack.Decoder(PagerCheckpoint)
@@ -46,7 +53,10 @@ def encode_page(page: HistoryPage) -> bytes:
 
 
 def decode_page(data: bytes) -> HistoryPage:
-    return _page_decoder.decode(data)
+    page = _decoded(_page_decoder, data)
+    if len(page.runs) != len(page.run_events):
+        raise UnreadablePage(f"a manifest with {len(page.runs)} runs counts the events of {len(page.run_events)}")
+    return page
 
 
 def encode_checkpoint(checkpoint: PagerCheckpoint) -> bytes:
@@ -54,7 +64,14 @@ def encode_checkpoint(checkpoint: PagerCheckpoint) -> bytes:
 
 
 def decode_checkpoint(data: bytes) -> PagerCheckpoint:
-    return _checkpoint_decoder.decode(data)
+    return _decoded(_checkpoint_decoder, data)
+
+
+def _decoded(decoder: msgspec.msgpack.Decoder, data: bytes) -> Any:
+    try:
+        return decoder.decode(data)
+    except Exception as exc:  # msgspec's errors, RecursionError, MemoryError, TypeError for a non-buffer
+        raise UnreadablePage(f"unreadable {decoder.type.__name__}: {type(exc).__name__}: {exc}"[:300]) from None
 
 
 def checked_events(child: str, found: list[tuple[str, HistoryPage]], expected: int) -> list[PagedEvent] | None:

@@ -13,6 +13,9 @@ A third stream, REFBUS_PAGES, holds history pages (contracts/pages.py): a child'
 a message, under ``refbus.page.<child>`` (the newest is the manifest) and ``refbus.pagedata.<child>``.
 """
 
+import re
+
+from refbus.contracts.events import ChildRef
 from refbus.contracts.vocabulary import Sector
 
 PREFIX = "refbus"
@@ -36,6 +39,28 @@ CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}
 def event_subject(child: str, from_sector: Sector, to_sector: Sector | None) -> str:
     to = to_sector.value if to_sector is not None else NO_SECTOR
     return f"{PREFIX}.ev.{child}.{from_sector.value}.{to}"
+
+
+_CHILD = re.compile(ChildRef.__metadata__[0].pattern)  # type: ignore[attr-defined]
+_SECTORS = frozenset(s.value for s in Sector)
+
+
+def parse_event_subject(subject: str) -> tuple[str, Sector, Sector | None]:
+    """(child, from_sector, to_sector) of a log subject as `event_subject` spells it; `to_sector` is
+    None for the `none` placeholder. ValueError, saying which part, for anything else (naming the part,
+    never repeating it: a malformed subject may hold anything, a name too)."""
+    tokens = subject.split(".")
+    if len(tokens) != 5 or tokens[0] != PREFIX or tokens[1] != "ev":
+        raise ValueError(f"malformed subject: not an event subject: expected {PREFIX}.ev.<child>.<from>.<to>")
+    _, _, child, frm, to = tokens
+    if _CHILD.fullmatch(child) is None:
+        raise ValueError("malformed subject: the child is not a child reference")
+    if frm not in _SECTORS:
+        raise ValueError("malformed subject: the sender is not a sector")
+    if to != NO_SECTOR and to not in _SECTORS:
+        raise ValueError(f"malformed subject: the receiver is neither a sector nor {NO_SECTOR}")
+    return child, Sector(frm), None if to == NO_SECTOR else Sector(to)
+
 
 
 def child_filter(child: str) -> str:

@@ -77,5 +77,8 @@ def test_a_newer_version_than_the_reader_is_refused() -> None:
 
 
 def test_ids_are_uuids_on_the_wire() -> None:
-    raw = json.loads(codec.encode(request(new_child())))
-    assert uuid.UUID(raw["event_id"]) and uuid.UUID(raw["referral_id"])
+    """In their canonical text (36 characters, lower case, hyphenated), which any language parses."""
+    event = request(new_child())
+    raw = json.loads(codec.encode(event))
+    assert raw["event_id"] == str(event.event_id) and raw["referral_id"] == str(event.referral_id)
+    assert uuid.UUID(raw["event_id"]) == event.event_id and len(raw["event_id"]) == 36

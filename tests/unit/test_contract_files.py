@@ -1,9 +1,12 @@
 """The committed JSON Schema and AsyncAPI files are what the contracts generate, and usable alone."""
 
 import json
+import uuid
+from pathlib import Path
+from typing import Any
 
 import jsonschema
-import msgspec
+import pytest
 
 from refbus.contracts import codec, documents
 from tests.factories import new_child, request
@@ -28,4 +31,37 @@ def test_asyncapi_names_every_event_and_the_append_headers() -> None:
     assert len(doc["components"]["messages"]) == 15
     required = doc["components"]["schemas"]["AppendHeaders"]["required"]
     assert "Nats-Expected-Last-Subject-Sequence-Subject" in required
-    assert msgspec.json.decode(json.dumps(doc).encode())  # plain JSON, no Python-only values
+    schemas = doc["components"]["schemas"]
+    for message in doc["components"]["messages"].values():
+        payload = schemas[message["payload"]["$ref"].rsplit("/", 1)[1]]
+        assert payload["additionalProperties"] is False, message["name"]
+
+
+def test_the_files_are_what_the_generator_writes(tmp_path: Path) -> None:
+    """Byte for byte, and in a fresh directory: the staleness check compares like with like."""
+    written = documents.write(tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in documents.SCHEMA_DIR.glob("*.json"))
+    for path in written:
+        assert path.read_bytes() == (documents.SCHEMA_DIR / path.name).read_bytes()
+
+
+def hostile(good: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "a note with personal data": {**good, "notes": "Maria Popescu, born 2014-03-02, Strada Mare 12"},
+        "a megabyte of padding": {**good, "padding": "x" * 1_000_000},
+        "a padded id": {**good, "event_id": str(uuid.uuid4()) + " " * 1_000_000},
+        "a padded time": {**good, "occurred_at": "2026-01-01T00:00:00." + "0" * 100_000 + "Z"},
+        "a child with a newline": {**good, "child": good["child"] + "\n"},
+        "a service code too long": {**good, "service": "a" * 41},
+        "no type": {key: value for key, value in good.items() if key != "type"},
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile({"child": ""})))
+def test_the_schema_file_refuses_what_the_decoder_refuses(case: str) -> None:
+    schema = json.loads((documents.SCHEMA_DIR / "events.schema.json").read_text())
+    good = json.loads(codec.encode(request(new_child())))
+    bad = hostile(good)[case]
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(bad)), f"{case} validates"
+    with pytest.raises(codec.UndecodableEvent):
+        codec.decode(json.dumps(bad).encode())
