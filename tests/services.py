@@ -1,6 +1,7 @@
 """Helpers to run sector services in the test process against a real server."""
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,9 @@ from refbus.services.rules.policy import OnwardReferral, SectorPolicy, Step
 from refbus.services.rules.state import ChildState, Referral
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.app import sector_app
+
+TEST_EVENT_ID_KEY = secrets.token_bytes(32)
+"The services' event-id key in tests (never the data dir's: tests write nothing into the checkout)."
 
 
 @dataclass
@@ -35,6 +39,7 @@ class ScriptedPolicy:
 async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings: object) -> AsyncIterator[
     dict[Sector, FastStream]
 ]:
+    settings.setdefault("event_id_key_hex", TEST_EVENT_ID_KEY.hex())
     apps = {s: sector_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
     for app in apps.values():
         await app.start()

@@ -133,7 +133,7 @@ class LogReader:
         Anything unexpected means no pages: the index alone is always right."""
         try:
             return await self._history_pages(child)
-        except (NatsError, RuntimeError, TimeoutError, ValueError) as exc:
+        except (NatsError, RuntimeError, TimeoutError, pages.UnreadablePage) as exc:
             log.warning("history_pages_unavailable", child=child, error=repr(exc))
             return [], 1
 
@@ -220,10 +220,12 @@ def _stored(msg: Msg, bind: bool) -> StoredEvent:
 
 def bound_event(seq: int, stored_at: datetime, subject: str, data: bytes) -> StoredEvent:
     """A message of the log taken as an event only if its payload's child and route are its subject's."""
-    stored = _decoded(seq, stored_at, data)
-    if stored.event is not None and _route(stored) != subject:
-        return _refused(stored, f"misrouted: stored on {subject}, payload says {_route(stored)}")
-    return stored
+    try:
+        return StoredEvent(seq, stored_at, codec.decode_on(subject, data))
+    except codec.MisroutedEvent as exc:
+        return StoredEvent(seq, stored_at, None, f"misrouted: {exc.reason}")
+    except codec.UndecodableEvent as exc:
+        return StoredEvent(seq, stored_at, None, exc.reason)
 
 
 def _decoded(seq: int, stored_at: datetime, data: bytes) -> StoredEvent:

@@ -34,6 +34,7 @@ from refbus.contracts.pages import (
     HistoryPage,
     PagedEvent,
     PagerCheckpoint,
+    UnreadablePage,
     checked_events,
     decode_checkpoint,
     decode_page,
@@ -110,6 +111,8 @@ class _Child:
     "Index sequence of the first event of a flush under way (0: none)."
     trusted: bool = True
     "False after a server disruption: the runs in memory may name pages the server lost."
+    rebuild: bool = False
+    "Its pages are unreadable: the next flush writes them again from the index."
 
 
 class HistoryPager:
@@ -137,7 +140,10 @@ class HistoryPager:
         """Resume after the last checkpoint. Children paged before it are looked up on first sight."""
         found = await self.reader.read_page({"last_by_subj": subjects.PAGER_CHECKPOINT})
         if found is not None:
-            self._checkpoint = decode_checkpoint(found.data).index_seq
+            try:
+                self._checkpoint = decode_checkpoint(found.data).index_seq
+            except UnreadablePage as exc:  # page everything again: slower, never wrong
+                log.warning("pager_checkpoint_unreadable", error=str(exc))
             self._checkpoint_seq = jetstream.stored_sequence(found)
         # Without a checkpoint no page needs extending: a pager that died before its first
         # checkpoint left manifests that stay right until the new ones supersede them.
@@ -274,10 +280,17 @@ class HistoryPager:
             found = await self.reader.read_page({"last_by_subj": subjects.page_subject(name)})
         child = _Child()
         if found is not None:
-            manifest = decode_page(found.data)
-            child.runs = [_Run(list(seqs), n) for seqs, n in zip(manifest.runs, manifest.run_events, strict=True)]
-            child.runs[-1].seqs.append(jetstream.stored_sequence(found))
-            child.covered_index_seq = manifest.covered_index_seq
+            try:
+                manifest = decode_page(found.data)
+                if not manifest.runs:  # a manifest ends a run: none named is no manifest of ours
+                    raise UnreadablePage("manifest names no run")
+            except UnreadablePage as exc:
+                log.warning("pager_manifest_unreadable", child=name, error=str(exc), rebuilt_from="index")
+                child.rebuild = True
+            else:
+                child.runs = [_Run(list(seqs), n) for seqs, n in zip(manifest.runs, manifest.run_events, strict=True)]
+                child.runs[-1].seqs.append(jetstream.stored_sequence(found))
+                child.covered_index_seq = manifest.covered_index_seq
         self.children.setdefault(name, child)
 
     # -- writing pages ---------------------------------------------------------------------------
@@ -322,7 +335,7 @@ class HistoryPager:
                     run = kept.pop()
                     absorbed.insert(0, run)
                     total += run.events
-                older = await self._events_of(name, absorbed, events[0][0])
+                older = None if child.rebuild else await self._events_of(name, absorbed, events[0][0])
                 if older is None:
                     # A page is gone or not as written (a server that lost its last unsynced writes
                     # may reuse their sequences): the child starts over from the index.
@@ -345,11 +358,15 @@ class HistoryPager:
             child.runs = [*kept, _Run(seqs, len(merged))]
             child.covered_index_seq = last
             child.trusted = True
+            child.rebuild = False
         await self._delete([seq for run in absorbed for seq in run.seqs])
 
     async def _events_of(self, name: str, runs: list[_Run], before_log_seq: int) -> list[PagedEvent] | None:
         """The events of runs about to be merged, read back and checked (None: not as written)."""
-        found = await self.reader.pages_at([seq for run in runs for seq in run.seqs])
+        try:
+            found = await self.reader.pages_at([seq for run in runs for seq in run.seqs])
+        except UnreadablePage:
+            return None
         if found is None:
             return None
         events = checked_events(name, found, sum(run.events for run in runs))

@@ -77,14 +77,18 @@ class SectorService:
         body = raw.data
         seq = raw.metadata.sequence.stream
         try:
-            event = codec.decode(body)
-        except codec.UndecodableEvent as exc:
-            await self.set_aside(raw.subject, seq, body, exc.reason)
+            event = codec.decode_on(raw.subject, body)
+        except codec.NewerSchemaVersion as exc:
+            # Kept for the upgrade: a redrive after it reads the event.
+            await self.set_aside(raw.subject, seq, body, f"newer schema: {exc.reason}")
             await raw.ack()
             return
-        route = subjects.event_subject(event.child, event.from_sector, event.to_sector)
-        if route != raw.subject:
-            await self.set_aside(raw.subject, seq, body, f"misrouted: stored on {raw.subject}, payload says {route}")
+        except codec.MisroutedEvent as exc:
+            await self.set_aside(raw.subject, seq, body, f"misrouted: {exc.reason}")
+            await raw.ack()
+            return
+        except codec.UndecodableEvent as exc:
+            await self.set_aside(raw.subject, seq, body, exc.reason)
             await raw.ack()
             return
         if event.to_sector != self.sector:
