@@ -157,7 +157,8 @@ async def test_a_malformed_message_is_set_aside_and_the_service_goes_on(
 
     dead = {}
     sub = await js.subscribe(subjects.dead_letter_subject(Sector.HEALTH), ordered_consumer=True)
-    info = await js.stream_info(subjects.DEAD_LETTER_STREAM, subjects_filter=subjects.dead_letter_subject(Sector.HEALTH))
+    health_letters = subjects.dead_letter_subject(Sector.HEALTH)
+    info = await js.stream_info(subjects.DEAD_LETTER_STREAM, subjects_filter=health_letters)
     for _ in range(sum((info.state.subjects or {}).values())):
         msg = await sub.next_msg(timeout=5)
         letter = json.loads(msg.data)
