@@ -31,16 +31,23 @@ def health(store: InMemoryEventStore, script: list[Step], onward: list[OnwardRef
     return SectorService(Sector.HEALTH, ScriptedPolicy(script, onward or []), store, KEY)
 
 
+async def requested(store: InMemoryEventStore) -> tuple[str, ReferralRequested, int]:
+    """A new child with one referral from social to health in the log: (child, request, its sequence)."""
+    child = new_child()
+    req = request(child)
+    seq = await record(store, req)
+    assert seq is not None
+    return child, req, seq
+
+
 async def steps_of(store: InMemoryEventStore, child: str, referral: ReferralRequested) -> list[str]:
     events = [h.event for h in await store.history(child) if h.event is not None]
     return [event_type(e) for e in events if getattr(e, "referral_id", None) == referral.referral_id]
 
 
 async def test_a_referral_is_received_then_worked_to_its_end() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     assert await health(store, ACCEPT_AND_COMPLETE).react(req, seq, first_delivery=True) is None
     assert await steps_of(store, child, req) == [
         "referral.requested", "referral.received", "referral.accepted", "referral.completed"
@@ -48,10 +55,8 @@ async def test_a_referral_is_received_then_worked_to_its_end() -> None:
 
 
 async def test_a_redelivery_resumes_and_doubles_nothing() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     service = health(store, ACCEPT_AND_COMPLETE)
     await service.react(req, seq, first_delivery=True)
     await service.react(req, seq, first_delivery=False)  # the ack was lost: the message comes back
@@ -61,20 +66,16 @@ async def test_a_redelivery_resumes_and_doubles_nothing() -> None:
 
 
 async def test_a_step_not_yet_due_sends_the_message_back_with_its_delay() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     wake_in = await health(store, [Step(ReferralAccepted, delay=60.0)]).react(req, seq, first_delivery=True)
     assert wake_in is not None and 55 < wake_in <= 60
     assert await steps_of(store, child, req) == ["referral.requested", "referral.received"]
 
 
 async def test_a_cancel_before_the_decision_stops_the_work() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     await record(store, answer(ReferralCancelled, req, by=Sector.SOCIAL, reason=CancelReason.NO_LONGER_NEEDED))
     await health(store, ACCEPT_AND_COMPLETE).react(req, seq, first_delivery=True)
     assert (await store.load(child)).referrals[req.referral_id].status is Status.CANCELLED
@@ -82,10 +83,8 @@ async def test_a_cancel_before_the_decision_stops_the_work() -> None:
 
 
 async def test_a_completed_referral_is_sent_onward_once() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     onward = [OnwardReferral(Sector.SOCIAL, "family_counselling", Dimension.FAMILY_AND_SOCIAL)]
     service = health(store, ACCEPT_AND_COMPLETE, onward)
     await service.react(req, seq, first_delivery=True)
@@ -163,10 +162,8 @@ async def test_bytes_that_are_no_event_are_set_aside_and_acknowledged() -> None:
 
 
 async def test_the_receipt_is_stated_by_the_receiver_with_a_keyed_id() -> None:
-    store, child = InMemoryEventStore(), new_child()
-    req = request(child)
-    seq = await record(store, req)
-    assert seq is not None
+    store = InMemoryEventStore()
+    child, req, seq = await requested(store)
     await health(store, []).react(req, seq, first_delivery=True)
     [receipt] = [h.event for h in await store.history(child) if isinstance(h.event, ReferralReceived)]
     assert receipt.from_sector is Sector.HEALTH and receipt.to_sector is Sector.SOCIAL
