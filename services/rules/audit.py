@@ -100,8 +100,7 @@ class Auditor:
                             "stuck",
                             state.last_seq,
                             f"referral {referral.referral_id} {referral.status.value} for "
-                            f"{readable_duration(overdue)} past its deadline "
-                            f"({referral.referrer.value} -> {referral.receiver.value})",
+                            f"{overdue} past its deadline ({referral.referrer.value} -> {referral.receiver.value})",
                             state.child,
                         )
                     )
@@ -116,18 +115,6 @@ class Auditor:
         else:
             deadline = referral.updated_at + self.deadlines[urgency]
         return self.now - deadline if self.now > deadline else None
-
-
-def readable_duration(span: timedelta) -> str:
-    """'621 days', '3 h 20 min', '45 s': what a person reads, not '621 days, 18:50:39.824932'."""
-    seconds = int(span.total_seconds())
-    if seconds >= 2 * 86400:
-        return f"{seconds // 86400} days"
-    if seconds >= 3600:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    if seconds >= 60:
-        return f"{seconds // 60} min"
-    return f"{seconds} s"
 
 
 def audit(stored: Iterable[tuple[int, Event | None, str | None]], now: datetime) -> AuditReport:

@@ -34,6 +34,7 @@ from refbus.services.runtime.embedded import (
     ServerRecord,
     embedded_server_name,
     file_lock,
+    port_open,
     preferred_port,
     read_record,
     remove_record,
@@ -84,7 +85,7 @@ def describe_error(exc: BaseException | None, timeout: float) -> str:
         return f"no answer within {timeout:g} s (timeout)"
     text = str(exc).lower()
     if isinstance(exc, AuthorizationError) or "authorization" in text or "authentication" in text:
-        return "authorization refused: the server wants credentials (nats://USER:PASSWORD@host:port)"
+        return "authorization refused: wrong or missing credentials (nats://USER:PASSWORD@host:port)"
     if isinstance(exc, ssl.SSLError) or "tls" in text or "ssl" in text:
         return f"TLS failed ({exc})"
     if isinstance(exc, ConnectionRefusedError) or "refused" in text:
@@ -92,6 +93,16 @@ def describe_error(exc: BaseException | None, timeout: float) -> str:
     if isinstance(exc, OSError):
         return f"cannot reach it ({exc.strerror or exc})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _most_telling(errors: list[BaseException]) -> BaseException:
+    """Of the errors of several attempts, the one that tells the user most: a refused password is
+    followed by resets on the retries, and the password is what to fix."""
+    for kind in ("authorization", "tls", "ssl", "refused"):
+        for exc in errors:
+            if isinstance(exc, AuthorizationError) or kind in str(exc).lower():
+                return exc
+    return errors[-1]
 
 
 async def connect(
@@ -112,7 +123,7 @@ async def connect(
             log.warning("nats_error", url=safe_url(url), error=str(exc) or type(exc).__name__)
 
     async def on_disconnected() -> None:
-        if connected.is_set():
+        if connected.is_set() and not nc.is_closed:
             log.info("nats_disconnected", url=safe_url(url))
 
     async def on_reconnected() -> None:
@@ -141,7 +152,7 @@ async def connect(
             await asyncio.wait_for(nc.close(), 1.0)
         cause: BaseException = exc
         if isinstance(exc, (TimeoutError, NoServersError)) and last_error:
-            cause = last_error[-1]
+            cause = _most_telling(last_error)
         raise BusUnavailable(f"cannot connect to {safe_url(url)}: {describe_error(cause, timeout)}") from None
     connected.set()
     if reconnect:
@@ -187,23 +198,34 @@ async def _attach(record: ServerRecord, settings: Settings, name: str) -> NATS:
 
 async def _start_embedded(settings: Settings) -> EmbeddedNats:
     data_dir = settings.data_dir
-    server = EmbeddedNats(
-        data_dir / "nats",
-        port=settings.port or preferred_port(DEFAULT_PORT),
-        monitor_port=settings.monitor_port or preferred_port(DEFAULT_MONITOR_PORT),
-        server_name=embedded_server_name(data_dir),
-    )
-    starting = asyncio.ensure_future(server.astart())
-    try:
-        await asyncio.shield(starting)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await starting
-        await server.astop()
-        raise
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        raise BusUnavailable(f"the embedded server on {data_dir} did not start: {exc}") from None
-    return server
+    for given, variable in ((settings.port, "REFBUS_PORT"), (settings.monitor_port, "REFBUS_MONITOR_PORT")):
+        if given is not None and port_open(given):
+            raise BusUnavailable(f"port {given} ({variable}) is in use by another process: choose another, or unset "
+                                 f"{variable} to take a free one")
+    attempts = 1 if settings.port and settings.monitor_port else 3
+    for attempt in range(attempts):
+        server = EmbeddedNats(
+            data_dir / "nats",
+            port=settings.port or (preferred_port(DEFAULT_PORT) if attempt == 0 else None),
+            monitor_port=settings.monitor_port or (preferred_port(DEFAULT_MONITOR_PORT) if attempt == 0 else None),
+            server_name=embedded_server_name(data_dir),
+        )
+        starting = asyncio.ensure_future(server.astart())
+        try:
+            await asyncio.shield(starting)
+            return server
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await starting
+            await server.astop()
+            raise
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            # A port free when chosen can be taken before the server binds it (a busy machine's
+            # outgoing connections use the same range): chosen ports are chosen again.
+            if attempt + 1 == attempts:
+                raise BusUnavailable(f"the embedded server on {data_dir} did not start: {exc}") from None
+            log.info("embedded_server_retry", error=str(exc))
+    raise AssertionError("unreachable")
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,6 +52,9 @@ class Settings:
     "The embedded server's client port (REFBUS_PORT); None: 4222 when free, else any free port."
     monitor_port: int | None = None
     "The embedded server's monitoring port (REFBUS_MONITOR_PORT); None: 8222 when free, else any free port."
+    sim_max_age_days: float | None = None
+    "The simulated sectors leave referrals requested longer ago than this before their start to an operator"
+    " (REFBUS_SIM_MAX_AGE_DAYS, default 7 from the environment); None: they work every referral."
     log_level: str | None = None
     "REFBUS_LOG_LEVEL; None: INFO (to a file under the data dir for `up` and `demo`)."
 
@@ -66,6 +70,13 @@ class Settings:
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_hex(32))
         return bytes.fromhex(path.read_text().strip())
+
+    def sim_works_since(self) -> datetime | None:
+        """When the simulated sectors' interest starts: referrals requested before it (a registry's
+        past open ones) are left to an operator. None: they work every referral."""
+        if self.sim_max_age_days is None:
+            return None
+        return datetime.now(UTC) - timedelta(days=self.sim_max_age_days)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -85,6 +96,9 @@ class Settings:
             "connect_timeout": _parse(env, "REFBUS_CONNECT_TIMEOUT", float, "a number of seconds", 5.0, positive=True),
             "port": _parse(env, "REFBUS_PORT", int, "a port number", None, minimum=1, maximum=65535),
             "monitor_port": _parse(env, "REFBUS_MONITOR_PORT", int, "a port number", None, minimum=1, maximum=65535),
+            "sim_max_age_days": _parse(
+                env, "REFBUS_SIM_MAX_AGE_DAYS", float, "a number of days", 7.0, minimum=0
+            ),
             "log_level": check_log_level(env.get("REFBUS_LOG_LEVEL") or None, "REFBUS_LOG_LEVEL"),
         }
         key = values["event_id_key_hex"]
