@@ -23,30 +23,18 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import structlog
 
-from refbus.community import community
-from refbus.contracts import documents
-from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
-from refbus.registry import ImportFileError, checkpoint_path, import_jsonl, print_progress
-from refbus.services.eventstore.bulk import write_all
-from refbus.services.eventstore.jetstream_store import JetStreamEventStore
-from refbus.services.eventstore.records import StoredEvent
-from refbus.services.pager.main import create_app as pager_app
-from refbus.services.rules.audit import DEFAULT_DEADLINES, audit_replay
-from refbus.services.rules.lifecycle import IllegalEvent
-from refbus.services.runtime.bus import BusUnavailable, connect, open_bus, require_streams, safe_url
-from refbus.services.runtime.embedded import Locked, file_lock, read_record
-from refbus.services.runtime.in_process import HEALTH_ORDER, SECTOR_APPS, health_port, history_pager, sector_services
-from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings, SettingsError, check_log_level
-from refbus.summary import summarise
 
-log = structlog.get_logger("refbus")
+if TYPE_CHECKING:
+    from refbus.services.eventstore.records import StoredEvent
+
+# The rest (nats-py, FastStream, the services) is imported where a command runs, so that `--help`
+# and a mistake in the arguments answer at once.
 
 PAGER = "pager"
 CHILD_PATTERN = re.compile(r"c[0-9a-f]{16}")
@@ -70,6 +58,8 @@ Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from refbus.services.runtime.bus import BusUnavailable
+
     try:
         settings = Settings.from_env(
             nats_url=getattr(args, "nats_url", None),
@@ -97,6 +87,8 @@ def _configure_logs(args: argparse.Namespace, settings: Settings) -> None:
     """`up` and `demo` log to <data_dir>/logs/refbus.log unless --verbose or --log-level asks for
     stderr; `service` logs to stderr (it is a deployment's process); the other commands log warnings
     to stderr."""
+    from refbus.services.runtime.logs import configure_logging
+
     to_stderr = getattr(args, "verbose", False) or getattr(args, "log_level", None) is not None
     if args.command in (cmd_up, cmd_demo) and not to_stderr:
         args.log_file = settings.data_dir / "logs" / "refbus.log"
@@ -363,6 +355,9 @@ def _as_of(text: str) -> datetime:
 @contextlib.contextmanager
 def _one_per_data_dir(settings: Settings, what: str) -> Any:
     """One `up` or `demo` per data dir."""
+    from refbus.services.runtime.bus import BusUnavailable
+    from refbus.services.runtime.embedded import Locked, file_lock
+
     path = settings.data_dir / "up.lock"
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         raise UserError(f"the data dir {settings.data_dir} is not a directory")
@@ -386,6 +381,8 @@ def _where_logs(args: argparse.Namespace) -> str:
 
 
 def _health_lines(settings: Settings) -> list[str]:
+    from refbus.services.runtime.in_process import HEALTH_ORDER, health_port
+
     if settings.health_port is None:
         return []
     ports = ", ".join(f"{getattr(a, 'value', a)} {health_port(settings, a)}" for a in HEALTH_ORDER)
@@ -393,6 +390,9 @@ def _health_lines(settings: Settings) -> list[str]:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.runtime.bus import open_bus
+    from refbus.services.runtime.in_process import history_pager, sector_services
+
     with _one_per_data_dir(settings, "up"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
             async with sector_services(bus.url, settings), history_pager(bus.url, settings):
@@ -405,6 +405,13 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.community import community
+    from refbus.services.eventstore.bulk import write_all
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.runtime.bus import open_bus
+    from refbus.services.runtime.in_process import history_pager, sector_services
+    from refbus.summary import summarise
+
     with _one_per_data_dir(settings, "demo"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
             async with sector_services(bus.url, settings), history_pager(bus.url, settings):
@@ -442,6 +449,11 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.pager.main import create_app as pager_app
+    from refbus.services.runtime.bus import BusUnavailable, connect, require_streams, safe_url
+    from refbus.services.runtime.embedded import read_record
+    from refbus.services.runtime.in_process import SECTOR_APPS
+
     url = settings.nats_url
     if url is None:
         record = read_record(settings.data_dir)
@@ -481,6 +493,11 @@ def _reads(settings: Settings) -> dict[str, bool]:
 
 
 async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts.events import ReferralRequested
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.rules.lifecycle import IllegalEvent
+    from refbus.services.runtime.bus import open_bus
+
     referral_id = uuid.uuid4()
     try:
         event = ReferralRequested(
@@ -511,6 +528,9 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings, **_reads(settings)) as bus:
         found = await JetStreamEventStore(bus.nc).children()
     if args.json:
@@ -523,11 +543,14 @@ async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _occurred(stored: StoredEvent) -> datetime | None:
+def _occurred(stored: "StoredEvent") -> datetime | None:
     return stored.event.occurred_at if stored.event is not None else None
 
 
 async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.runtime.bus import open_bus
+
     as_of: AsOf | None = args.as_of
     if as_of is not None and as_of.assumed_utc:
         print(f"--as-of has no timezone: taken as UTC ({as_of.isoformat()})", file=sys.stderr)
@@ -556,7 +579,7 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _as_record(stored: StoredEvent) -> dict[str, object]:
+def _as_record(stored: "StoredEvent") -> dict[str, object]:
     return {"seq": stored.seq, "occurred_at": _occurred(stored), "stored_at": stored.stored_at,
             "event": stored.event, "error": stored.error}
 
@@ -565,7 +588,9 @@ def _minute(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
-def _timeline_line(stored: StoredEvent) -> str:
+def _timeline_line(stored: "StoredEvent") -> str:
+    from refbus.contracts.events import ReferralEvent, event_type
+
     event = stored.event
     if event is None:
         return f"{stored.seq:>8}  stored {_minute(stored.stored_at)}  UNREADABLE: {stored.error}"
@@ -585,6 +610,8 @@ def _timeline_line(stored: StoredEvent) -> str:
 
 
 def _import_file(path: Path, restart: bool) -> Path:
+    from refbus.registry import checkpoint_path
+
     if not path.exists():
         raise UserError(f"no such file: {path}")
     if path.is_dir():
@@ -597,6 +624,10 @@ def _import_file(path: Path, restart: bool) -> Path:
 
 
 async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.registry import ImportFileError, checkpoint_path, import_jsonl, print_progress
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.runtime.bus import open_bus
+
     path = _import_file(args.file, args.restart)
     async with open_bus(settings) as bus:
         try:
@@ -617,6 +648,10 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.rules.audit import DEFAULT_DEADLINES, audit_replay
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings, **_reads(settings)) as bus:
         eventlog = JetStreamEventStore(bus.nc)
         deadlines = dict(DEFAULT_DEADLINES)
@@ -633,7 +668,7 @@ async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             "referrals": len(report.referrals),
             "open_referrals": report.open_referrals,
             "index_missing": index_missing,
-            "findings": [vars(f) for f in report.findings],
+            "findings": [{**vars(f), "detail": readable_durations(f.detail)} for f in report.findings],
             "clean": problems == 0,
         }, indent=2))
     else:
@@ -643,14 +678,34 @@ async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {kind:<12}{report.count(kind):>6}")
         print(f"  {'index gap':<12}{index_missing:>6}")
         for finding in report.findings[:50]:
-            print(f"  {finding.kind}: seq {finding.seq} {finding.child or ''} {finding.detail}")
+            print(f"  {finding.kind}: seq {finding.seq} {finding.child or ''} {readable_durations(finding.detail)}")
         if len(report.findings) > 50:
             print(f"  ... and {len(report.findings) - 50} more (--json lists them all)")
         print("clean" if problems == 0 else f"{problems} problem(s)")
     return 0 if problems == 0 else EXIT_NO
 
 
+_TIMEDELTA = re.compile(r"(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d)(?:\.\d+)?")
+
+
+def readable_durations(text: str) -> str:
+    """Python's '621 days, 18:50:39.824932' in a finding as '621 days', '3 h 20 min' or '45 s'."""
+
+    def readable(match: re.Match[str]) -> str:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        if days >= 2:
+            return f"{days} days"
+        hours += 24 * days
+        if hours:
+            return f"{hours} h {minutes} min"
+        return f"{minutes} min" if minutes else f"{seconds} s"
+
+    return _TIMEDELTA.sub(readable, text)
+
+
 async def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts import documents
+
     if args.check:
         stale = documents.stale()
         for name in stale:
