@@ -375,6 +375,12 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _where_data(settings: Settings) -> str:
+    if settings.nats_url:  # the log is the server's; the data dir holds the lock, the event-id key, the logs
+        return f"local files in {settings.data_dir}"
+    return f"data in {settings.data_dir}"
+
+
 def _where_logs(args: argparse.Namespace) -> str:
     path = getattr(args, "log_file", None)
     return f"; logs in {path}" if path else ""
@@ -396,7 +402,7 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     with _one_per_data_dir(settings, "up"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
             async with sector_services(bus.url, settings), history_pager(bus.url, settings):
-                _say(f"refbus is up: {bus.description}; data in {settings.data_dir}{_where_logs(args)}")
+                _say(f"refbus is up: {bus.description}; {_where_data(settings)}{_where_logs(args)}")
                 for line in _health_lines(settings):
                     _say(line)
                 _say("Ctrl-C stops")
@@ -415,7 +421,9 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     with _one_per_data_dir(settings, "demo"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
             async with sector_services(bus.url, settings), history_pager(bus.url, settings):
-                _say(f"{bus.description}; data in {settings.data_dir}{_where_logs(args)}")
+                _say(f"{bus.description}; {_where_data(settings)}{_where_logs(args)}")
+                for line in _health_lines(settings):
+                    _say(line)
                 eventlog = JetStreamEventStore(bus.nc)
                 cases = list(community(args.children, args.seed))
                 present = await eventlog.children()
