@@ -632,6 +632,7 @@ def _import_file(path: Path, restart: bool) -> Path:
 
 
 async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts.subjects import STREAM
     from refbus.registry import ImportFileError, checkpoint_path, import_jsonl, print_progress
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
     from refbus.services.runtime.bus import open_bus
@@ -639,9 +640,14 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     path = _import_file(args.file, args.restart)
     async with open_bus(settings) as bus:
         try:
-            result = await import_jsonl(JetStreamEventStore(bus.nc), path, progress=print_progress)
+            info = await bus.nc.jetstream().stream_info(STREAM)
+            created = getattr(info, "created", None)
+            log_id = f"{STREAM}@{getattr(created, 'isoformat', lambda: created)()}" if created else None
+            result = await import_jsonl(JetStreamEventStore(bus.nc), path, progress=print_progress, log_id=log_id)
         except ImportFileError as exc:
             raise UserError(str(exc)) from None
+    if result.other_log:
+        print(f"{checkpoint_path(path)} was written for another log: read from the start")
     if result.skipped:
         print(f"{result.skipped} lines skipped: already imported ({checkpoint_path(path)}; --restart reads "
               "them again)")

@@ -135,6 +135,8 @@ class ImportResult:
     seconds: float
     skipped: int = 0
     "Lines before the checkpoint: imported by an earlier run, not read again."
+    other_log: bool = False
+    "The checkpoint was written for another log, and so not followed."
 
 
 def _lines_before(path: Path, offset: int) -> int:
@@ -151,11 +153,15 @@ def _lines_before(path: Path, offset: int) -> int:
     return count
 
 
-def read_checkpoint(path: Path) -> int:
+def read_checkpoint(path: Path, log_id: str | None = None) -> tuple[int, bool]:
+    """The checkpoint's offset, and whether it was written for another log than `log_id` (then 0:
+    a checkpoint says how far *a* log acknowledged the file; a fresh log has none of it)."""
     checkpoint = checkpoint_path(path)
     if not checkpoint.exists():
-        return 0
-    text = checkpoint.read_text().strip()
+        return 0, False
+    text, _, written_for = checkpoint.read_text().strip().partition(" ")
+    if log_id is not None and written_for and written_for != log_id:
+        return 0, True
     if not text.isdigit():
         raise ImportFileError(f"{checkpoint} does not hold a byte offset ({text[:20]!r}): delete it or use --restart")
     offset = int(text)
@@ -163,7 +169,7 @@ def read_checkpoint(path: Path) -> int:
         raise ImportFileError(
             f"{checkpoint} points past the end of {path} (was the file replaced?): use --restart to read it again"
         )
-    return offset
+    return offset, False
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -176,11 +182,14 @@ async def import_jsonl(
     chunk: int = 20_000,
     limit: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    log_id: str | None = None,
 ) -> ImportResult:
-    """Import `path` from its checkpoint on. `limit` stops after that many lines (for tests of resume)."""
+    """Import `path` from its checkpoint on. `limit` stops after that many lines (for tests of resume).
+    `log_id` names the log (e.g. its stream's creation time): a checkpoint written for another log
+    is not followed, and the checkpoint written names this one."""
     # Local, buffered file reads between network round trips: not worth a thread each.
     checkpoint = checkpoint_path(path)
-    offset = read_checkpoint(path)
+    offset, other_log = read_checkpoint(path, log_id)
     skipped = _lines_before(path, offset) if offset else 0
     size = path.stat().st_size  # noqa: ASYNC240
     writer = BulkWriter(eventlog)
@@ -219,7 +228,8 @@ async def import_jsonl(
                     refused.append(f"line {place}: refused: {problem}" if place else f"refused: {problem}")
             if source.tell() != offset:
                 offset = source.tell()
-                checkpoint.write_text(str(offset))  # everything before it is acknowledged by the log
+                # Everything before it is acknowledged by the log.
+                checkpoint.write_text(f"{offset} {log_id}" if log_id else str(offset))
                 if progress is not None:
                     progress(offset, size, time.perf_counter() - started)
     return ImportResult(
@@ -230,6 +240,7 @@ async def import_jsonl(
         unreadable=unreadable,
         seconds=time.perf_counter() - started,
         skipped=skipped,
+        other_log=other_log,
     )
 
 

@@ -378,6 +378,15 @@ def test_import_history_in_occurred_time_and_check(up: Up, registry: Path) -> No
     assert not re.search(r"\d+ days?, \d+:\d\d:\d\d", check.out)
 
 
+def test_a_checkpoint_of_another_log_is_not_followed(up: Up, registry: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "registry.jsonl"
+    copy.write_bytes(registry.read_bytes())
+    assert refbus("import", str(copy), env=up.env).code == 0
+    fresh = refbus("import", str(copy), env=_env(tmp_path / "fresh"))
+    assert fresh.code == 0 and "written for another log: read from the start" in fresh.out
+    assert "31 events stored" in fresh.out
+
+
 def test_import_places_errors_by_line(up: Up, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"type": "referral.requested", "child": "Maria"}\n\nnot json\n')
