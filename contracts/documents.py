@@ -144,6 +144,18 @@ def rendered() -> dict[str, str]:
     return {
         "events.schema.json": json.dumps(json_schema(), indent=2, sort_keys=True) + "\n",
         "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
+        **_gateway_documents(),
+    }
+
+
+def _gateway_documents() -> dict[str, str]:
+    """The sector gateways' files (HTTP commands, the rules as data): generated from services/gateway,
+    imported here lazily so that the wire's modules import nothing of the services."""
+    from refbus.services.gateway import documents as gateway
+
+    return {
+        "openapi.json": json.dumps(_bounded(gateway.openapi()), indent=2, sort_keys=True) + "\n",
+        "lifecycle.json": json.dumps(gateway.lifecycle(), indent=2, sort_keys=True) + "\n",
     }
 
 
