@@ -162,7 +162,7 @@ COMMANDS: dict[str, type[Command]] = {
 "Command kind (the HTTP path's and the NATS subject's last token) -> its payload."
 
 
-class Applied(msgspec.Struct, frozen=True, kw_only=True):
+class Applied(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The command's event, as stored."""
 
     status: int
@@ -175,7 +175,7 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     event: AnyEvent
 
 
-class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+class Refusal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Why nothing was stored. `code` is stable and machine-readable; `rule` names the lifecycle
     rule that refused (409), `field` the offending input (422)."""
 
@@ -186,14 +186,14 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True):
     field: str | None = None
 
 
-class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+class Delivered(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One event of the events feed (and the body of a webhook delivery is `event` alone)."""
 
     seq: int
     event: AnyEvent
 
 
-class Feed(msgspec.Struct, frozen=True, kw_only=True):
+class Feed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     events: list[Delivered]
     next_after: int
     "Pass as `after` to resume: the newest sequence this page holds (or the one asked for)."
