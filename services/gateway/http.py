@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.openapi.spec import Server as OpenAPIServer
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import Response as LitestarResponse
 
 from refbus.contracts import commands as c
@@ -64,22 +64,21 @@ def _responses(*statuses: int) -> dict[int, Any]:
 
 
 def _command_handler(kind: str, command_type: type[c.Command], gateways: Mapping[Sector, Gateway], auth: Auth) -> Any:
-    async def handler(sector: Sector, data: Any, request: Request[Any, Any, Any]) -> Any:
+    async def handler(sector: FromPath[Sector], request: Request[Any, Any, Any]) -> Response[bytes]:
         gateway = gateways.get(sector)
         if gateway is None:
             return _refused(refusal(404, "not_found", f"this gateway does not serve {sector.value}"))
         denied = auth.caller(request, sector)
         if denied is not None:
             return _refused(denied)
-        answer = await gateway.execute(data)
+        # Decoded here, strictly, as the NATS transport decodes (Litestar's own decoding converts
+        # loosely, e.g. a number into a time): one semantics, one set of refusals.
+        command = gateway.decode(kind, await request.body())
+        if isinstance(command, c.Refusal):
+            return _refused(command)
+        answer = await gateway.execute(command)
         return _refused(answer) if isinstance(answer, c.Refusal) else _applied(answer)
 
-    handler.__annotations__ = {
-        "sector": FromPath[Sector],
-        "data": JSONBody[command_type],  # type: ignore[valid-type]
-        "request": Request,
-        "return": Response[c.Applied],
-    }
     handler.__name__ = f"command_{kind.replace('-', '_')}"
     doc = (command_type.__doc__ or "").strip()
     return post(
@@ -90,10 +89,12 @@ def _command_handler(kind: str, command_type: type[c.Command], gateways: Mapping
         tags=["commands"],
         status_code=201,
         responses={
+            201: _ok_spec("Stored by this call."),
             200: _ok_spec("An earlier call with this idempotency key stored it: the first answer."),
             **_responses(401, 403, 404, 409, 422, 503),
         },
         security=[{"bearer": []}],
+        opt={"command": command_type.__name__},
     )(handler)
 
 
@@ -115,7 +116,7 @@ def _events_handler(gateways: Mapping[Sector, Gateway], auth: Auth, feed: FeedRe
     async def events(
         sector: FromPath[Sector],
         request: Request[Any, Any, Any],
-        after: Annotated[int, Parameter(ge=0, le=2**63, description="log sequence to resume after")] = 0,
+        after: Annotated[int, Parameter(ge=0, le=2**53, description="log sequence to resume after")] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
         wait: Annotated[float, Parameter(ge=0, le=30, description="seconds to wait for a first event")] = 0,
     ) -> c.Feed:
@@ -153,7 +154,7 @@ def _on_http(_: Request[Any, Any, Any], exc: HTTPException) -> LitestarResponse[
         return _refused(refusal(404, "not_found", "no such path"))
     if exc.status_code == 405:
         return Response(msgspec.json.encode(refusal(405, "method_not_allowed", "method not allowed")),
-                        status_code=405, media_type="application/json")
+                        status_code=405, media_type="application/json", headers=exc.headers)
     if exc.status_code < 500:
         return _refused(refusal(422 if exc.status_code == 400 else exc.status_code, "invalid", str(exc.detail)))
     return _refused(refusal(503, "unavailable", "internal error; retry with the same key"))
@@ -223,8 +224,21 @@ or by polling GET /v1/{sector}/events with the last sequence seen.
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of the gateways (no store behind: only the routes and their schemas)."""
     document = gateway_app({}, {}).openapi_schema.to_schema()
-    for path in document["paths"].values():
-        for operation in path.values():
+    for path, item in document["paths"].items():
+        for operation in item.values():
             # Litestar's default 400: this gateway answers invalid input with 422 (a Refusal) instead.
             operation.get("responses", {}).pop("400", None)
+            kind = path.rpartition("/commands/")[2] if "/commands/" in path else None
+            if kind in c.COMMANDS:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{c.COMMANDS[kind].__name__}"}}
+                    },
+                }
+    # The bodies' schemas as msgspec states them (patterns, bounds, no fields outside the contract):
+    # the same schemas the JSON Schema and AsyncAPI files hold.
+    types = [*c.COMMANDS.values(), c.Applied, c.Refusal, c.Feed]
+    _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    document.setdefault("components", {}).setdefault("schemas", {}).update(components)
     return document
