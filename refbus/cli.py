@@ -23,6 +23,7 @@ from refbus.community import community
 from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
+from refbus.gateway_cli import extend_up
 from refbus.registry import checkpoint_path, import_jsonl, print_progress
 from refbus.services.eventstore.bulk import write_all
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", parents=[common], help="embedded server + the four sector services and the history "
                         "pager (Ctrl-C stops)")
     up.add_argument("--sim-speed", type=float, help="divide the simulated sectors' delays by this")
+    extend_up(up)
     up.set_defaults(command=cmd_up)
 
     demo = sub.add_parser("demo", parents=[common], help="up + a synthetic community until its referrals settle")

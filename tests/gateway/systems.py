@@ -40,6 +40,8 @@ class NodeSystem:
     act: bool = False
     delay_ms: int = 0
     process: subprocess.Popen[bytes] | None = None
+    token: str | None = None
+    secret: str | None = None
 
     @property
     def url(self) -> str:
@@ -48,9 +50,9 @@ class NodeSystem:
     def start(self) -> "NodeSystem":
         env = {
             **os.environ,
-            "WEBHOOK_SECRET": SECRETS[self.sector],
+            "WEBHOOK_SECRET": self.secret or SECRETS[self.sector],
             "GATEWAY": self.gateway,
-            "TOKEN": TOKENS[self.sector],
+            "TOKEN": self.token or TOKENS[self.sector],
             "SECTOR": self.sector.value,
             "ACT": "1" if self.act else "0",
             "DELAY_MS": str(self.delay_ms),
