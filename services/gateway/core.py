@@ -8,8 +8,10 @@ key, so a retried command builds an event the child already has; `transact` then
 the first answer is read back from the child's history.
 """
 
+import asyncio
 import hashlib
 import hmac
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -58,6 +60,8 @@ _REFERRAL_EVENTS: dict[type[c.ReferralCommand], type[ReferralEvent]] = {
 # start and resume both state `referral.in-progress`; the command names which move is meant.
 _ONLY_FROM: dict[type[c.ReferralCommand], Status] = {c.Start: Status.ACCEPTED, c.Resume: Status.ON_HOLD}
 _FIELDS = ("reason", "outcome")
+STATES_KEPT = 50_000
+"Children whose state a gateway remembers (least recently written dropped first)."
 
 
 class _AlreadyStored(Exception):
@@ -102,6 +106,12 @@ class Gateway:
         self.store = store
         self.id_key = id_key
         self.clock = clock
+        # The children this gateway wrote last, as it left them: the first attempt of the next command
+        # decides on that state instead of reading the child (a stale one costs a conflict and a read:
+        # the append's expected sequence protects it). A child it does not know is tried as new.
+        self._states: OrderedDict[str, ChildState] = OrderedDict()
+        # One command per child at a time in this gateway (asyncio locks are FIFO).
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def decode(self, kind: str, body: bytes) -> c.Command | c.Refusal:
         command_type = c.COMMANDS.get(kind)
@@ -113,6 +123,15 @@ class Gateway:
             return invalid(exc)
 
     async def execute(self, command: c.Command) -> c.Applied | c.Refusal:
+        lock = self._locks[command.child]
+        try:
+            async with lock:
+                return await self._answer(command)
+        finally:
+            if not lock.locked() and not lock._waiters:  # type: ignore[attr-defined]
+                self._locks.pop(command.child, None)
+
+    async def _answer(self, command: c.Command) -> c.Applied | c.Refusal:
         try:
             return await self._execute(command)
         except _Refused as exc:
@@ -139,16 +158,30 @@ class Gateway:
             built.append(self.event_for(command, event_id, state))
             return list(built)
 
-        try:
-            done = await self.store.transact(command.child, decide)
-        except _AlreadyStored:
-            return await self._first_answer(command, event_id)
+        remembered: ChildState | None = self._states.pop(command.child, None) or ChildState(child=command.child)
+        while True:
+            try:
+                done = await self.store.transact(command.child, decide, state=remembered)
+                break
+            except _AlreadyStored:
+                return await self._first_answer(command, event_id)
+            except (IllegalEvent, _Refused):
+                if remembered is None:
+                    raise
+                # Decided on what this gateway remembered (or guessed): refuse only on the log as it is.
+                remembered = None
+        self._remember(done.state)
         if not done.stored:  # the event was in the state given to decide after all
             return await self._first_answer(command, event_id)
         event = built[0]
         return c.Applied(
             status=201, seq=done.stored[0], event_id=event.event_id, referral_id=_referral_of(event), event=event
         )
+
+    def _remember(self, state: ChildState) -> None:
+        self._states[state.child] = state
+        if len(self._states) > STATES_KEPT:
+            self._states.popitem(last=False)
 
     async def _first_answer(self, command: c.Command, event_id: UUID) -> c.Applied | c.Refusal:
         for stored in reversed(await self.store.history(command.child, paged=False)):
