@@ -101,8 +101,10 @@ def lifecycle() -> dict[str, Any]:
             "webhook_consumer": {
                 "name": subjects.webhook_consumer(Sector.SOCIAL).replace("social", "<sector>"),
                 "filter_subject": subjects.inbox_filter(Sector.SOCIAL).replace("social", "<sector>"),
+                "deliver_policy": "all",
                 "max_ack_pending": 1,
-                "note": "acked only after the sector system answered 2xx",
+                "note": "acked only after the sector system answered 2xx; created when a webhook URL is first "
+                "configured, it starts from the beginning of the log (at least once: drop repeats by webhook-id)",
             },
             "newest_sequence_of_a_child": (
                 f"Direct get on stream {subjects.CHILD_INDEX_STREAM} with last_by_subj "
@@ -111,6 +113,8 @@ def lifecycle() -> dict[str, Any]:
             ),
             "headers": "Refbus-Event-Type and Refbus-Correlation-Id are optional, for operators; Nats-Msg-Id "
             "(the event_id) and the two expected-sequence headers are required on every append.",
+            "refused_commands": "A refused command stores nothing; sent again with the same idempotency_key it is "
+            "decided again (and may then pass). A stored one is answered the same way for good (200).",
             "retried_publish": (
                 "A retried publish whose first copy was stored comes back as a conflict (JetStream error 10071), not "
                 "as a duplicate: the sequence check runs before dedup. Look for your own event_id in the child's "

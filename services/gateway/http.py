@@ -183,7 +183,10 @@ def gateway_app(
             title="refbus sector gateway",
             version="1",
             description=OPENAPI_DESCRIPTION,
-            servers=[OpenAPIServer(url="http://127.0.0.1:8480", description="the embedded default (loopback)")],
+            servers=[
+                OpenAPIServer(url=f"http://127.0.0.1:{8480 + i}", description=f"{s.value}'s gateway (refbus up)")
+                for i, s in enumerate(Sector)
+            ],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(
