@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 
@@ -20,7 +21,7 @@ from refbus.services.rules.policy import SimulatedSector
 from refbus.services.runtime.bus import connect
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, new_worker
-from tests.gateway.systems import NodeSystem, gateway_config, gateways, needs_node, ports, post
+from tests.gateway.systems import TOKENS, NodeSystem, gateway_config, gateways, needs_node, ports, post
 from tests.services import wait_for
 
 pytestmark = [pytest.mark.integration, needs_node]
@@ -79,6 +80,18 @@ async def test_a_node_health_system_end_to_end(bus: str, tmp_path: Path) -> None
                 "referral.received", "referral.accepted", "referral.in-progress", "referral.completed"
             ]
             assert [w["seq"] for w in heard] == sorted(w["seq"] for w in heard)
+            # The same updates by the events feed (for a system that cannot take webhooks), resumable.
+            async with httpx.AsyncClient(timeout=10) as client:
+                feed = (await client.get(
+                    f"{social_system.gateway}/v1/social/events", params={"after": 0, "limit": 2},
+                    headers={"Authorization": f"Bearer {TOKENS[Sector.SOCIAL]}"},
+                )).json()
+                rest = (await client.get(
+                    f"{social_system.gateway}/v1/social/events", params={"after": feed["next_after"], "wait": 1},
+                    headers={"Authorization": f"Bearer {TOKENS[Sector.SOCIAL]}"},
+                )).json()
+            polled = [d["event"]["type"] for d in feed["events"] + rest["events"]]
+            assert polled == [w["type"] for w in social_system.webhooks()]
             answers = health_system.answers()
             early, accept, again, start, complete = answers
             assert (early["status"], early["code"]) == (409, "illegal_transition")
