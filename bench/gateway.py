@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from refbus.contracts import subjects
@@ -72,22 +71,50 @@ class Transport:
         raise NotImplementedError
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection: a minimal client, so that the bench's own CPU (httpx costs
+    ~3 ms a request here) does not take the two cores from the services it measures."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def post(self, head: bytes, body: bytes) -> bytes:
+        self.writer.write(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in headers.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return await self.reader.readexactly(length)
+
+
 class Http(Transport):
     name = "http"
 
     def __init__(self, ports: dict[Sector, int], tokens: dict[Sector, str]) -> None:
         self.ports = ports
         self.tokens = tokens
-        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-        self.client = httpx.AsyncClient(timeout=30, limits=limits)
+        self.idle: dict[Sector, list[_Connection]] = {s: [] for s in SECTORS}
 
     async def send(self, sector: Sector, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.post(
-            f"http://127.0.0.1:{self.ports[sector]}/v1/{sector.value}/commands/{kind}",
-            content=msgspec.json.encode(body),
-            headers={"Authorization": f"Bearer {self.tokens[sector]}", "content-type": "application/json"},
-        )
-        return msgspec.json.decode(response.content)  # type: ignore[no-any-return]
+        pool = self.idle[sector]
+        if pool:
+            connection = pool.pop()
+        else:
+            connection = _Connection(*await asyncio.open_connection("127.0.0.1", self.ports[sector]))
+        head = (
+            f"POST /v1/{sector.value}/commands/{kind} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {self.tokens[sector]}\r\nContent-Type: application/json\r\n"
+        ).encode()
+        answer = await connection.post(head, msgspec.json.encode(body))
+        pool.append(connection)
+        return msgspec.json.decode(answer)  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        for pool in self.idle.values():
+            for connection in pool:
+                connection.writer.close()
 
 
 class Nats(Transport):
@@ -134,7 +161,17 @@ async def session(transport: Transport, i: int, rng: random.Random, latencies: l
 COMMANDS_PER_SESSION = 6
 
 
-async def at_rate(transport: Transport, rate: int, seconds: float, seed: int) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def at_rate(
+    transport: Transport, rate: int, seconds: float, seed: int, pids: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    pids = pids or {}
+    cpu_before = {name: sum(cpu_s(p) for p in group) for name, group in pids.items()}
+    client_before = time.process_time()
     rng = random.Random(seed)
     latencies: list[float] = []
     errors: list[str] = []
@@ -148,6 +185,11 @@ async def at_rate(transport: Transport, rate: int, seconds: float, seed: int) ->
         task.add_done_callback(tasks.discard)
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
+    done = max(1, len(latencies))
+    cpu = {
+        name: round((sum(cpu_s(p) for p in group) - cpu_before[name]) * 1000 / done, 2) for name, group in pids.items()
+    }
+    cpu["client"] = round((time.process_time() - client_before) * 1000 / done, 2)
     return {
         "offered_per_s": rate,
         "achieved_per_s": round(len(latencies) / elapsed, 1),
@@ -155,6 +197,8 @@ async def at_rate(transport: Transport, rate: int, seconds: float, seed: int) ->
         "latency_ms": percentiles(latencies),
         "refused": len(errors),
         "refusals_seen": sorted(set(errors))[:3],
+        "cpu_ms_per_command": cpu,
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -183,9 +227,12 @@ async def gateway_bench(workdir: Path, seconds: float = 5.0, rates: tuple[int, .
         await asyncio.sleep(1.0)
         http = Http(ports, tokens)
         for transport in (http, Nats(nc)):
+            await at_rate(transport, 50, 2.0, seed=99)  # warm-up (connections, first reads), not counted
+            await asyncio.sleep(1.0)
             steps = []
             for n, rate in enumerate(rates):
-                step = await at_rate(transport, rate, seconds, seed=1000 * n + len(transport.name))
+                pids = {"services": [p.pid for p in processes], "nats-server": [server.process.pid]}
+                step = await at_rate(transport, rate, seconds, seed=1000 * n + len(transport.name), pids=pids)
                 steps.append(step)
                 print(f"gateway {transport.name}: {json.dumps(step)}", file=sys.stderr, flush=True)
                 if step["latency_ms"]["p99"] > TARGET_P99_MS or step["achieved_per_s"] < 0.95 * rate:
@@ -199,7 +246,7 @@ async def gateway_bench(workdir: Path, seconds: float = 5.0, rates: tuple[int, .
                 "steps": steps,
                 "sustained_per_s_p99_under_50ms": kept[-1]["offered_per_s"] if kept else 0,
             }
-        await http.client.aclose()
+        await http.close()
         await nc.close()
     finally:
         for process in processes:
@@ -217,9 +264,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per offered rate")
     parser.add_argument("--rates", type=lambda t: tuple(int(x) for x in t.split(",")), default=RATES)
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="refbus-bench-gateway-") as tmp:
-        print(json.dumps(asyncio.run(gateway_bench(Path(tmp), args.seconds, args.rates)), indent=2))
+        results = asyncio.run(gateway_bench(Path(tmp), args.seconds, args.rates))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
     return 0
 
 
