@@ -57,7 +57,7 @@ schema = schemathesis.openapi.from_path(documents.SCHEMA_DIR / "openapi.json")
 
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=10,
+    max_examples=8,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     derandomize=True,
