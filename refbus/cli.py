@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
+from refbus.gateway_cli import extend_up
 from refbus.services.runtime.settings import Settings, SettingsError, check_log_level
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                   "education, justice and the pager on P..P+4.")
     up.add_argument("--sim-speed", type=_positive_float, metavar="N",
                     help="divide the simulated sectors' delays by N; default: REFBUS_SIM_SPEED, else 1")
+    extend_up(up)
     up.add_argument("--verbose", action="store_true", default=False, help="logs to stderr instead of the log file")
 
     demo = _command(sub, common, "demo", cmd_demo, "up, plus a synthetic community, until its referrals settle; "
