@@ -28,7 +28,8 @@ from refbus.services.eventstore.bulk import write_all
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.eventstore.records import StoredEvent
 from refbus.services.pager.main import create_app as pager_app
-from refbus.services.rules.audit import DEFAULT_DEADLINES, audit_replay
+from refbus.services.rules.audit import audit_replay
+from refbus.services.rules.deadlines import DeadlineTable
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.runtime.bus import open_bus
 from refbus.services.runtime.in_process import SECTOR_APPS, history_pager, sector_services
@@ -117,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                            "gaps, stuck referrals; exit 1 if any")
     check.add_argument("--json", action="store_true")
     check.add_argument("--stuck-after", type=float, metavar="SECONDS",
-                       help="count a referral as stuck after this long without change (default: by urgency, 1-14 days)")
+                       help="count a referral as stuck when not closed this long after its request (default: the "
+                       "follow-up deadlines, services/rules/deadlines.py)")
     check.set_defaults(command=cmd_check)
 
     schema = sub.add_parser("schema", parents=[common], help="write JSON Schema + AsyncAPI from the contracts")
@@ -268,9 +270,9 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     async with open_bus(settings) as bus:
         eventlog = JetStreamEventStore(bus.nc)
-        deadlines = dict(DEFAULT_DEADLINES)
+        deadlines = DeadlineTable.from_env()  # the deadline service's table: stuck = overdue
         if args.stuck_after is not None:
-            deadlines = dict.fromkeys(Urgency, timedelta(seconds=args.stuck_after))
+            deadlines = DeadlineTable.uniform(timedelta(seconds=args.stuck_after))
         report = await audit_replay(eventlog.replay(), datetime.now(UTC), deadlines)
         index_missing = await eventlog.index_missing(report.last_seq)
     problems = len(report.findings) + index_missing

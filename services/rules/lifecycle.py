@@ -14,16 +14,19 @@ from refbus.contracts.events import (
     ReferralCancelled,
     ReferralCompleted,
     ReferralEnteredInError,
+    ReferralEscalated,
     ReferralEvent,
     ReferralFailed,
     ReferralInProgress,
     ReferralOnHold,
+    ReferralOverdue,
     ReferralReceived,
     ReferralRejected,
     ReferralRequested,
     VulnerabilityIdentified,
 )
-from refbus.contracts.vocabulary import SERVICE_CATALOGUE, LegalBasis, Status
+from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Deadline, LegalBasis, Status
+from refbus.services.rules.deadlines import is_pending
 from refbus.services.rules.state import ChildState, Referral
 
 
@@ -61,6 +64,11 @@ def check(state: ChildState, event: Event) -> None:
     match event:
         case ReferralRequested():
             _check_request(state, event)
+        case ReferralOverdue() | ReferralEscalated():
+            referral = state.referrals.get(event.referral_id)
+            if referral is None:
+                raise IllegalEvent(event, "no such referral for this child")
+            _check_notice(event, referral)
         case ReferralEvent():
             referral = state.referrals.get(event.referral_id)
             if referral is None:
@@ -114,3 +122,24 @@ def _check_move(event: ReferralEvent, referral: Referral) -> None:
     if status not in allowed:
         tag = type(event).__struct_config__.tag
         raise IllegalEvent(event, f"{tag} is not allowed from status {status.value}")
+
+
+def _check_notice(event: ReferralOverdue | ReferralEscalated, referral: Referral) -> None:
+    """A deadline notice: stated by the referrer's side (the party the deadline serves), the reminder
+    to the receiver, the escalation to the referrer itself; only while the deadline is pending, once
+    its time has come, and once per deadline (by state: a second notice with a new id is refused)."""
+    tag = type(event).__struct_config__.tag
+    if event.from_sector != referral.referrer:
+        raise IllegalEvent(event, f"only the referring sector ({referral.referrer.value}) states {tag}")
+    addressee = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer
+    if event.to_sector != addressee:
+        raise IllegalEvent(event, f"{tag} is addressed to {addressee.value}")
+    if not is_pending(referral, event.deadline):
+        raise IllegalEvent(event, f"deadline {event.deadline.value} is not pending ({referral.status.value})")
+    if event.deadline is Deadline.RESPOND_BY and event.due_at != referral.respond_by:
+        raise IllegalEvent(event, "respond_by deadline is not the request's respond_by")
+    if event.due_at < referral.requested_at or event.occurred_at < event.due_at:
+        raise IllegalEvent(event, f"deadline {event.deadline.value} has not passed")
+    noticed = referral.reminded if isinstance(event, ReferralOverdue) else referral.escalated
+    if event.deadline in noticed:
+        raise IllegalEvent(event, f"{tag} already stated for deadline {event.deadline.value}")
