@@ -24,6 +24,7 @@ from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import checkpoint_path, import_jsonl, print_progress
+from refbus.services.deadlines.main import create_app as deadlines_app
 from refbus.services.eventstore.bulk import write_all
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.eventstore.records import StoredEvent
@@ -32,7 +33,7 @@ from refbus.services.rules.audit import audit_replay
 from refbus.services.rules.deadlines import DeadlineTable
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.runtime.bus import open_bus
-from refbus.services.runtime.in_process import SECTOR_APPS, history_pager, sector_services
+from refbus.services.runtime.in_process import SECTOR_APPS, deadline_service, history_pager, sector_services
 from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings
 from refbus.summary import summarise
@@ -41,6 +42,7 @@ log = structlog.get_logger("refbus")
 
 
 PAGER = "pager"
+DEADLINES = "deadlines"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refbus", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", parents=[common], help="embedded server + the four sector services and the history "
-                        "pager (Ctrl-C stops)")
+    up = sub.add_parser("up", parents=[common], help="embedded server + the four sector services, the history "
+                        "pager and the deadline service (Ctrl-C stops)")
     up.add_argument("--sim-speed", type=float, help="divide the simulated sectors' delays by this")
     up.set_defaults(command=cmd_up)
 
@@ -78,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the referrals to settle")
     demo.set_defaults(command=cmd_demo)
 
-    service = sub.add_parser("service", parents=[common], help="run one sector's service, or the history pager, "
-                             "against a server")
-    service.add_argument("sector", choices=[*(s.value for s in Sector), PAGER])
+    service = sub.add_parser("service", parents=[common], help="run one sector's service, the history pager or the "
+                             "deadline service, against a server")
+    service.add_argument("sector", choices=[*(s.value for s in Sector), PAGER, DEADLINES])
     service.add_argument("--sim-speed", type=float)
     service.set_defaults(command=cmd_service)
 
@@ -94,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     refer.add_argument("--urgency", default=Urgency.ROUTINE.value, choices=[u.value for u in Urgency])
     refer.add_argument("--legal-basis", default=LegalBasis.CHILD_PROTECTION_DUTY.value,
                        choices=[b.value for b in LegalBasis])
+    refer.add_argument("--respond-by", type=datetime.fromisoformat,
+                       help="when a decision is due (ISO 8601; UTC if no offset): overdue referrals are escalated")
     refer.add_argument("--actor", default="w" + uuid.uuid4().hex[:8], help="pseudonymous worker id")
     refer.set_defaults(command=cmd_refer)
 
@@ -137,7 +141,8 @@ async def _until_signalled() -> None:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings):
+    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings), \
+            deadline_service(bus.url, settings):
         print(f"refbus is up on {bus.url} (data in {settings.data_dir}); Ctrl-C stops", flush=True)
         await _until_signalled()
     print("refbus stopped cleanly", flush=True)
@@ -150,6 +155,8 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     if args.sector == PAGER:
         os.nice(19)  # background work: the sector services on the same machine come first
         app = pager_app(settings)
+    elif args.sector == DEADLINES:
+        app = deadlines_app(settings)
     else:
         app = SECTOR_APPS[Sector(args.sector)](settings)
     await app.run()
@@ -157,7 +164,8 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings):
+    async with open_bus(settings) as bus, sector_services(bus.url, settings), history_pager(bus.url, settings), \
+            deadline_service(bus.url, settings):
         eventlog = JetStreamEventStore(bus.nc)
         sent = 0
         for case in community(args.children, args.seed):
@@ -190,6 +198,7 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
             service=args.service,
             urgency=Urgency(args.urgency),
             legal_basis=LegalBasis(args.legal_basis),
+            respond_by=_utc(args.respond_by),
         )
         event = msgspec.convert(msgspec.to_builtins(event), type(event))  # validates the field patterns
     except msgspec.ValidationError as exc:
@@ -204,6 +213,10 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     print(json.dumps({"referral_id": str(referral_id), "seq": seq}))
     return 0
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
