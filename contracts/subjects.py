@@ -96,3 +96,9 @@ def sender_permission(sector: Sector) -> str:
 def dead_letter_subject(sector: Sector | str) -> str:
     name = sector.value if isinstance(sector, Sector) else sector
     return f"{PREFIX}.dead.{name}"
+
+
+def redrive_subject(sector: Sector | str) -> str:
+    """Redrive requests for one sector, in REFBUS_DEAD_LETTERS: the sector's redrive consumer reads
+    them and handles the named log message again."""
+    return f"{dead_letter_subject(sector)}.redrive"

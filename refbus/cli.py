@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from refbus import dead
 from refbus.community import community
 from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
@@ -125,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="count a referral as stuck when not closed this long after its request (default: the "
                        "follow-up deadlines, services/rules/deadlines.py)")
     check.set_defaults(command=cmd_check)
+
+    dead.add_commands(sub, common)
 
     schema = sub.add_parser("schema", parents=[common], help="write JSON Schema + AsyncAPI from the contracts")
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
