@@ -134,17 +134,18 @@ class ReferralEnteredInError(ReferralEvent, frozen=True, kw_only=True, tag="refe
 
 
 class ReferralOverdue(ReferralEvent, frozen=True, kw_only=True, tag="referral.overdue"):
-    """A follow-up deadline passed: the referrer's side reminds the receiver (from the referrer, to
-    the receiver, so it lands in the receiver's inbox). Once per deadline and referral; no status
-    change."""
+    """A follow-up deadline passed: a reminder in the receiver's inbox, written as a note of the
+    receiver's own system to itself (from and to the receiver: `refbus.ev.<child>.<r>.<r>`, subjects
+    no other event uses, so the deadline service's permission reaches nothing else). Once per
+    deadline and referral; no status change."""
 
     deadline: Deadline
     due_at: UtcTime
 
 
 class ReferralEscalated(ReferralEvent, frozen=True, kw_only=True, tag="referral.escalated"):
-    """The same passed deadline, escalated on the referrer's side: stated by the referrer to itself,
-    so it lands in the referrer's own inbox (its supervisors' queue). Once per deadline and referral."""
+    """The same passed deadline, escalated to the referrer: a note in the referrer's own inbox (from
+    and to the referrer), for its supervisors' queue: the loop closes. Once per deadline and referral."""
 
     deadline: Deadline
     due_at: UtcTime

@@ -12,6 +12,7 @@ from faststream import FastStream
 from nats.aio.client import Client as NATS
 
 from refbus.contracts.vocabulary import Sector
+from refbus.services.deadlines.follow import LogFollower
 from refbus.services.deadlines.service import DeadlineService
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.rules.deadlines import DeadlineTable
@@ -25,6 +26,11 @@ def sectors_from_env() -> tuple[Sector, ...]:
     return tuple(Sector(n.strip()) for n in names.split(",") if n.strip()) or tuple(Sector)
 
 
+def consumer_name(sectors: tuple[Sector, ...]) -> str:
+    """One follower consumer per deployment: `deadlines`, or `deadlines-<sector>...` for a part."""
+    return "deadlines" if set(sectors) == set(Sector) else "-".join(["deadlines", *(s.value for s in sectors)])
+
+
 def create_app(
     settings: Settings | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -35,13 +41,15 @@ def create_app(
     services: list[DeadlineService] = []
 
     async def start(nc: NATS) -> None:
+        sectors = sectors_from_env()
         service = DeadlineService(
             JetStreamEventStore(nc),
             settings.event_id_key(),
             table or DeadlineTable.from_env(),
             clock,
-            sectors_from_env(),
+            sectors,
             tick,
+            lambda tracker: LogFollower(nc, tracker, consumer_name(sectors)),
         )
         services.append(service)
         await service.start()

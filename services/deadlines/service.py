@@ -1,18 +1,17 @@
 """The deadline service: rebuilds open referrals' deadlines from the log on start, follows the log,
 and appends the notices of passed deadlines through `transact` (docs/decisions/0008-deadlines.md).
 
-It follows by replay passes: each `step` replays the log from the tracker's position to the end as
-it is then (an ordered consumer per pass, services/eventstore/replay.py) and fires what is due. A
-pass that finds nothing new costs one stream-info request; a pass made after a server restart or a
-reconnect starts afresh, so there is no long-lived consumer to lose. The tracker's memory is the
-open referrals of the sectors it serves, and the timer is the clock compared with the heap's top
-each `tick`: deadlines are minutes to days, a second's lateness is nothing.
+How it reads the log is a follower's business: on NATS a consumer of its own (follow.py); on any
+store, replay passes from the tracker's position. The timer is the clock compared with the heap's
+top every `tick`: deadlines are minutes to days, a second's lateness is nothing, and a test moves
+its clock and calls `step` without sleeping.
 """
 
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Protocol
 
 import structlog
 
@@ -26,6 +25,33 @@ log = structlog.get_logger(__name__)
 TICK_S = 1.0
 
 
+class Follower(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def caught_up(self) -> None:
+        """Return once the tracker has seen the log up to its end as it is now."""
+
+
+class ReplayFollower:
+    """Replay passes from the tracker's position (the in-memory store; any store)."""
+
+    def __init__(self, store: EventStore, tracker: DeadlineTracker) -> None:
+        self.store = store
+        self.tracker = tracker
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def caught_up(self) -> None:
+        async for stored in self.store.replay(self.tracker.position + 1):
+            self.tracker.see(stored)
+
+
 class DeadlineService:
     def __init__(
         self,
@@ -35,31 +61,26 @@ class DeadlineService:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sectors: Iterable[Sector] = tuple(Sector),
         tick: float = TICK_S,
+        follower: Callable[[DeadlineTracker], Follower] | None = None,
     ) -> None:
         self.store = store
         self.tracker = DeadlineTracker(store, id_key, table, clock, sectors)
+        self.follower = follower(self.tracker) if follower else ReplayFollower(store, self.tracker)
         self.tick = tick
         self.ready = asyncio.Event()
         "Set once the deadlines have been rebuilt from the whole log as it was at start."
         self._task: asyncio.Task[None] | None = None
 
-    async def catch_up(self) -> int:
-        """Read the log from the tracker's position to its end; the number of events read."""
-        read = 0
-        async for stored in self.store.replay(self.tracker.position + 1):
-            self.tracker.see(stored)
-            read += 1
-        return read
-
     async def step(self) -> int:
         """One pass: catch up with the log, then fire what is due. The notices appended."""
-        await self.catch_up()
+        await self.follower.caught_up()
         self.ready.set()
         return await self.tracker.fire_due()
 
     async def start(self) -> None:
         started = asyncio.get_running_loop().time()
-        await self.catch_up()
+        await self.follower.start()
+        await self.follower.caught_up()
         self.ready.set()
         log.info(
             "deadlines_rebuilt",
@@ -75,13 +96,14 @@ class DeadlineService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.follower.stop()
 
     async def _run(self) -> None:
         while True:
             try:
-                await self.step()
+                await self.tracker.fire_due()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # server away, a replay stalled: the next pass resumes
+            except Exception as exc:  # server away: the next tick tries again
                 log.warning("deadline_pass_failed", error=repr(exc))
             await asyncio.sleep(self.tick)

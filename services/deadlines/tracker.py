@@ -6,11 +6,12 @@ referrer it serves, dropped once closed. Every deadline counts from the request,
 pushes all of its referral's deadlines at once and nothing is re-planned later: when one comes due
 (`fire_due`, by the injected clock) it is checked against the tracked state and then decided again
 against the child's fresh state inside `transact`, which appends the reminder (referral.overdue,
-referrer -> receiver) and the escalation (referral.escalated, referrer -> referrer) together, once:
+receiver -> receiver) and the escalation (referral.escalated, referrer -> referrer) together, once:
 the lifecycle refuses a second notice for the same deadline by state, and the event ids are
 derived from the referral and the deadline, so a retry or a second instance appends nothing.
 """
 
+import asyncio
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,9 +47,7 @@ def notices(key: bytes, child: str, referral: Referral, now: datetime, table: De
     for kind, due_at in unnoticed(referral, table, now):
         common = {
             "child": child,
-            "from_sector": referral.referrer,
             "occurred_at": now,
-            "actor": deadlines_actor(referral.referrer),
             "correlation_id": referral.correlation_id,
             "causation_id": referral.request_event_id,
             "referral_id": referral.referral_id,
@@ -57,10 +56,16 @@ def notices(key: bytes, child: str, referral: Referral, now: datetime, table: De
         }
         if kind not in referral.reminded:
             event_id = derived_id(key, referral.referral_id, f"referral.overdue:{kind.value}")
-            events.append(ReferralOverdue(event_id=event_id, to_sector=referral.receiver, **common))
+            events.append(ReferralOverdue(
+                actor=deadlines_actor(referral.receiver),
+                event_id=event_id, from_sector=referral.receiver, to_sector=referral.receiver, **common
+            ))
         if kind not in referral.escalated:
             event_id = derived_id(key, referral.referral_id, f"referral.escalated:{kind.value}")
-            events.append(ReferralEscalated(event_id=event_id, to_sector=referral.referrer, **common))
+            events.append(ReferralEscalated(
+                actor=deadlines_actor(referral.referrer),
+                event_id=event_id, from_sector=referral.referrer, to_sector=referral.referrer, **common
+            ))
     return events
 
 
@@ -93,6 +98,8 @@ class DeadlineTracker:
         "Notices this tracker appended."
         self._children: dict[str, ChildState] = {}
         self._heap: list[_Due] = []
+        self._firing = asyncio.Lock()
+        "One firing pass at a time: a second waits for the first's appends, then finds nothing due."
 
     # -- following the log ---------------------------------------------------------------------------
 
@@ -145,6 +152,10 @@ class DeadlineTracker:
 
     async def fire_due(self) -> int:
         """Append the notices of every deadline due by the clock; the number of events appended."""
+        async with self._firing:
+            return await self._fire_due()
+
+    async def _fire_due(self) -> int:
         now = self.clock()
         owed: dict[tuple[str, UUID], None] = {}
         while self._heap and self._heap[0].at <= now:

@@ -125,15 +125,14 @@ def _check_move(event: ReferralEvent, referral: Referral) -> None:
 
 
 def _check_notice(event: ReferralOverdue | ReferralEscalated, referral: Referral) -> None:
-    """A deadline notice: stated by the referrer's side (the party the deadline serves), the reminder
-    to the receiver, the escalation to the referrer itself; only while the deadline is pending, once
-    its time has come, and once per deadline (by state: a second notice with a new id is refused)."""
+    """A deadline notice is a note a sector's system writes to itself, on the subjects no other event
+    uses (`refbus.ev.<child>.<s>.<s>`): the reminder in the receiver's inbox, the escalation in the
+    referrer's. Legal only while the deadline is pending, once its time has come, and once per
+    deadline (by state: a second notice with another id is refused too)."""
     tag = type(event).__struct_config__.tag
-    if event.from_sector != referral.referrer:
-        raise IllegalEvent(event, f"only the referring sector ({referral.referrer.value}) states {tag}")
-    addressee = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer
-    if event.to_sector != addressee:
-        raise IllegalEvent(event, f"{tag} is addressed to {addressee.value}")
+    party = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer
+    if event.from_sector != party or event.to_sector != party:
+        raise IllegalEvent(event, f"{tag} is stated by {party.value} to itself")
     if not is_pending(referral, event.deadline):
         raise IllegalEvent(event, f"deadline {event.deadline.value} is not pending ({referral.status.value})")
     if event.deadline is Deadline.RESPOND_BY and event.due_at != referral.respond_by:

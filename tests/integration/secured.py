@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from refbus.services.runtime.bus import reply_prefix
 from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
 
-USERS = ("admin", "operator", "social", "health", "education", "justice", "pager")
+USERS = ("admin", "operator", "social", "health", "education", "justice", "pager", "deadlines")
 SECURED_CONFIG = DEPLOY_DIR / "nats-server-secured.conf"
 PERMISSIONS_CONFIG = DEPLOY_DIR / "nats-permissions.conf"
 

@@ -45,8 +45,8 @@ def at(event, when: datetime):
 
 
 def notice(kind, req, deadline: Deadline, due_at: datetime, occurred_at: datetime, to: Sector | None = None):
-    to = to or (req.to_sector if kind is ReferralOverdue else req.from_sector)
-    fields = envelope(req.child, req.from_sector, to, req.correlation_id)
+    party = req.to_sector if kind is ReferralOverdue else req.from_sector
+    fields = envelope(req.child, party, to or party, req.correlation_id)
     fields["occurred_at"] = occurred_at
     return kind(**fields, referral_id=req.referral_id, deadline=deadline, due_at=due_at)
 
@@ -71,21 +71,23 @@ def test_a_reminder_is_legal_once_per_deadline_and_only_once_it_passed() -> None
     check(state, notice(ReferralEscalated, req, Deadline.RECEIVED, due, T0 + timedelta(minutes=17)))
 
 
-def test_notices_are_stated_by_the_referrer_and_addressed_receiver_then_referrer() -> None:
-    req = at(request(new_child()), T0)
+def test_notices_are_notes_of_a_sector_to_itself_reminder_receiver_escalation_referrer() -> None:
+    req = at(request(new_child()), T0)  # social -> health
     state = fold(req.child, [(1, req)])
     late = T0 + timedelta(hours=1)
     due = T0 + timedelta(minutes=15)
-    with pytest.raises(IllegalEvent, match="addressed to health"):
+    with pytest.raises(IllegalEvent, match="stated by health to itself"):
         check(state, notice(ReferralOverdue, req, Deadline.RECEIVED, due, late, to=Sector.SOCIAL))
-    with pytest.raises(IllegalEvent, match="addressed to social"):
+    with pytest.raises(IllegalEvent, match="stated by social to itself"):
         check(state, notice(ReferralEscalated, req, Deadline.RECEIVED, due, late, to=Sector.HEALTH))
-    forged = notice(ReferralOverdue, req, Deadline.RECEIVED, due, late)
     import msgspec
 
-    forged = msgspec.structs.replace(forged, from_sector=Sector.HEALTH)
-    with pytest.raises(IllegalEvent, match="only the referring sector"):
+    forged = msgspec.structs.replace(notice(ReferralOverdue, req, Deadline.RECEIVED, due, late),
+                                     from_sector=Sector.SOCIAL)
+    with pytest.raises(IllegalEvent, match="stated by health to itself"):
         check(state, forged)
+    check(state, notice(ReferralOverdue, req, Deadline.RECEIVED, due, late))
+    check(state, notice(ReferralEscalated, req, Deadline.RECEIVED, due, late))
 
 
 def test_a_met_deadline_or_a_closed_referral_takes_no_notice() -> None:
@@ -155,7 +157,7 @@ async def test_an_overdue_referral_is_reminded_and_escalated_once_per_deadline()
     assert await tracker.fire_due() == 0
     overdue = [s.event for s in store.log if isinstance(s.event, ReferralOverdue)]
     escalated = [s.event for s in store.log if isinstance(s.event, ReferralEscalated)]
-    assert [(e.deadline, e.from_sector, e.to_sector) for e in overdue] == [(Deadline.RECEIVED, Sector.SOCIAL,
+    assert [(e.deadline, e.from_sector, e.to_sector) for e in overdue] == [(Deadline.RECEIVED, Sector.HEALTH,
                                                                            Sector.HEALTH)]
     assert [(e.deadline, e.from_sector, e.to_sector) for e in escalated] == [(Deadline.RECEIVED, Sector.SOCIAL,
                                                                              Sector.SOCIAL)]
