@@ -258,6 +258,34 @@ class BatchedDirectGet:
             page.done.set_exception(RuntimeError(f"direct get: {status} {(msg.headers or {}).get('Description')}"))
 
 
+# -- pull requests ---------------------------------------------------------------------------------
+class PullRequest:
+    """The messages one pull request brings, delivered into a callback (no task or timer each)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        self.owed = 0
+        self.failure = ""
+        self.done = asyncio.Event()
+
+    def begin(self, batch: int) -> None:
+        self.messages, self.owed, self.failure = [], batch, ""
+        self.done.clear()
+
+    async def on_message(self, msg: Msg) -> None:
+        status = status_of(msg)
+        if status is None:
+            self.messages.append(msg)
+            self.owed -= 1
+            if self.owed <= 0:
+                self.done.set()
+        elif status in (NO_MESSAGES, REQUEST_EXPIRED):  # nothing (more) before it expired
+            self.done.set()
+        elif status != HEARTBEAT:  # 409: a leadership change, the consumer gone, ...
+            self.failure = f"{status} {(msg.headers or {}).get('Description')}"
+            self.done.set()
+
+
 # -- atomic batch publish (server 2.12+) ----------------------------------------------------------
 Message = tuple[str, bytes, dict[str, str]]
 

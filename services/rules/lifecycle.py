@@ -1,7 +1,8 @@
 """The rules an event must satisfy against the child's current state before it may be stored.
 
-`check` is pure and is called by the event log on every append: an illegal event is refused with a
-named reason and never stored. The transitions follow FHIR Task.status (see design-notes.md).
+`check` is pure and runs in EventStore.transact before every append (and in the services and the
+audit for what a raw writer slipped in): an illegal event is refused with a named reason and never
+stored. The transitions follow FHIR Task.status (docs/decisions/0009-fhir-lifecycle.md).
 """
 
 from refbus.contracts.events import (

@@ -10,15 +10,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import structlog
 
+import refbus.deploy
+
 log = structlog.get_logger(__name__)
 
 # deploy/ ships as package data (refbus.deploy), so an installed refbus finds its configs too.
-DEPLOY_DIR = Path(str(resources.files("refbus.deploy")))
+DEPLOY_DIR = Path(refbus.deploy.__file__).parent
 DEFAULT_CONFIG = DEPLOY_DIR / "nats-server.conf"
 
 
