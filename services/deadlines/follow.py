@@ -5,11 +5,12 @@ A named consumer created in the filtered form (`$JS.API.CONSUMER.CREATE.REFBUS.<
 so the deadlines user's permission names this consumer and nothing else: unlike an unnamed ordered
 consumer, whose filterless create form could also create or repoint a sector's inbox consumer. No
 acks (it is a reader); pull requests and their recovery after a server restart are the sector
-inbox's (services/sector/inbox.py). Messages are handed to the tracker in delivery order: the handler
-does its work before its first await, and asyncio starts tasks in the order they were made.
+inbox's (services/sector/inbox.py), but each message is handed to the tracker inline, in delivery
+order, in the subscription's callback: no task per message.
 """
 
 import asyncio
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -37,6 +38,25 @@ def follower_config(name: str) -> ConsumerConfig:
     )
 
 
+class _InlineInbox(Inbox):
+    def __init__(self, nc: NATS, consumer: str, see: Callable[[Msg], None], pull: int) -> None:
+        super().__init__(nc, subjects.STREAM, consumer, _never, workers=pull)
+        self.see = see
+
+    async def _on_message(self, msg: Msg) -> None:
+        if msg.headers is None or jetstream.STATUS not in msg.headers:
+            self._heard = asyncio.get_running_loop().time()
+            self._owed = max(0, self._owed - 1)
+            self.see(msg)
+            await self._pull()
+            return
+        await super()._on_message(msg)
+
+
+async def _never(msg: Msg) -> None:  # pragma: no cover
+    raise AssertionError("handled inline")
+
+
 class LogFollower:
     def __init__(self, nc: NATS, tracker: DeadlineTracker, name: str = "deadlines", wait: float = 5.0) -> None:
         self.nc = nc
@@ -53,14 +73,14 @@ class LogFollower:
             if exc.code != jetstream.CONSUMER_NOT_FOUND:
                 raise
         await jetstream.create_consumer(self.nc, subjects.STREAM, follower_config(self.name), self.wait)
-        self._inbox = Inbox(self.nc, subjects.STREAM, self.name, self._see, workers=PULL)
+        self._inbox = _InlineInbox(self.nc, self.name, self._see, PULL)
         await self._inbox.start()
 
     async def stop(self) -> None:
         if self._inbox is not None:
             await self._inbox.stop(wait=1.0)
 
-    async def _see(self, msg: Msg) -> None:
+    def _see(self, msg: Msg) -> None:
         seq, stored_ns = jetstream.delivered_position(msg.reply)
         self.tracker.see(bound_event(seq, jetstream.datetime_from_ns(stored_ns), msg.subject, msg.data))
 

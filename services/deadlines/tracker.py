@@ -14,9 +14,9 @@ derived from the referral and the deadline, so a retry or a second instance appe
 import asyncio
 import heapq
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
+from typing import NamedTuple
 from uuid import UUID
 
 import structlog
@@ -69,8 +69,9 @@ def notices(key: bytes, child: str, referral: Referral, now: datetime, table: De
     return events
 
 
-@dataclass(order=True, frozen=True)
-class _Due:
+class _Due(NamedTuple):
+    """A heap entry (a tuple: a frozen dataclass's __init__ cost more than the rest of `see`)."""
+
     at: datetime
     child: str
     referral_id: UUID
