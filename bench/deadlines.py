@@ -1,4 +1,4 @@
-"""Measurements behind docs/decisions/0008-deadlines.md: rebuilding deadlines from the log, against
+"""Measurements behind docs/decisions/0011-deadlines.md: rebuilding deadlines from the log, against
 NATS 2.12 message schedules on a stream of their own.
 
     .venv/bin/python bench/deadlines.py [--referrals 25000] [--schedules 2000]

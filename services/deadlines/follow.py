@@ -1,5 +1,5 @@
 """How the deadline service reads the log on NATS: a consumer of its own on REFBUS, made afresh from
-the first event on every start (the rebuild), then followed (docs/decisions/0008-deadlines.md).
+the first event on every start (the rebuild), then followed (docs/decisions/0011-deadlines.md).
 
 A named consumer created in the filtered form (`$JS.API.CONSUMER.CREATE.REFBUS.<name>.refbus.ev.>`),
 so the deadlines user's permission names this consumer and nothing else: unlike an unnamed ordered

@@ -1,5 +1,5 @@
 """The deadline service: rebuilds open referrals' deadlines from the log on start, follows the log,
-and appends the notices of passed deadlines through `transact` (docs/decisions/0008-deadlines.md).
+and appends the notices of passed deadlines through `transact` (docs/decisions/0011-deadlines.md).
 
 How it reads the log is a follower's business: on NATS a consumer of its own (follow.py); on any
 store, replay passes from the tracker's position. The timer is the clock compared with the heap's

@@ -1,5 +1,5 @@
 """The deadline service's core: open referrals' deadlines in a heap, rebuilt from the log, fired
-through `transact` (docs/decisions/0008-deadlines.md).
+through `transact` (docs/decisions/0011-deadlines.md).
 
 Fed every stored event in log order (`see`), it folds only what deadlines need: referrals whose
 referrer it serves, dropped once closed. Every deadline counts from the request, so a request

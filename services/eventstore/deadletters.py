@@ -1,4 +1,4 @@
-"""Dead letters as operators see them, and the redrive request (docs/decisions/0009-dead-letters.md).
+"""Dead letters as operators see them, and the redrive request (docs/decisions/0012-dead-letters.md).
 
 REFBUS_DEAD_LETTERS holds three kinds of message, all without event payloads:
 - `refbus.dead.<sector>`: a service's set-aside record (records.DeadLetter: where in the log, why,
