@@ -263,7 +263,7 @@ def _timeline_line(stored: StoredEvent) -> str:
     detail = ""
     if isinstance(event, ReferralEvent):
         detail = f"referral {str(event.referral_id)[:8]}"
-        for name in ("service", "reason", "outcome"):
+        for name in ("service", "reason", "outcome", "deadline"):
             if hasattr(event, name):
                 detail += f" {name}={getattr(event, name)}"
     elif hasattr(event, "dimension"):
