@@ -156,7 +156,22 @@ class DeadlineTracker:
         async with self._firing:
             return await self._fire_due()
 
+    def compact(self) -> None:
+        """Drop the heap entries of closed referrals (they wait there until their due time, checked
+        and skipped): rebuilt from the open referrals when they are most of it."""
+        if len(self._heap) <= 4 * self.open_referrals + 1024:
+            return
+        self._heap = [
+            _Due(at, child, rid, kind)
+            for child, state in self._children.items()
+            for rid, referral in state.referrals.items()
+            for kind, at in due_times(referral, self.table)
+            if self._owed(_Due(at, child, rid, kind))
+        ]
+        heapq.heapify(self._heap)
+
     async def _fire_due(self) -> int:
+        self.compact()
         now = self.clock()
         owed: dict[tuple[str, UUID], None] = {}
         while self._heap and self._heap[0].at <= now:

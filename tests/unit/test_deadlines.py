@@ -231,3 +231,21 @@ def test_notices_for_an_unknown_deadline_set_are_empty() -> None:
         (Deadline.RECEIVED, T0 + timedelta(minutes=15))
     ]
     assert uuid.UUID(str(req.referral_id))
+
+
+async def test_the_heap_forgets_closed_referrals_and_still_fires_the_open_ones() -> None:
+    store, clock = InMemoryEventStore(), Clock(T0)
+    tracker = DeadlineTracker(store, KEY, clock=clock)
+    reqs = [at(request(new_child()), T0) for _ in range(600)]
+    for req in reqs:
+        await record(store, req)
+    for req in reqs[1:]:  # all but the first are done at once
+        for kind, extra in ((ReferralReceived, {}), (ReferralAccepted, {}),
+                            (ReferralCompleted, {"outcome": Outcome.SERVICE_DELIVERED})):
+            await record(store, at(answer(kind, req, **extra), T0 + timedelta(minutes=1)))
+    await feed(tracker, store)
+    assert tracker.pending == 3 * 600 and tracker.open_referrals == 1
+    tracker.compact()
+    assert tracker.pending == 3
+    clock.advance(minutes=20)
+    assert await tracker.fire_due() == 2
