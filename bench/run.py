@@ -184,6 +184,14 @@ def start_pager(url: str) -> subprocess.Popen[bytes]:
     )
 
 
+def start_deadlines(url: str) -> subprocess.Popen[bytes]:
+    """The deadline service as in production: its own process (`refbus service deadlines`)."""
+    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "refbus.cli", "service", "deadlines"], env=env, stdout=subprocess.DEVNULL
+    )
+
+
 def sample_children(events: list[Event], count: int, seed: int, by_activity: bool) -> list[str]:
     """Children drawn uniformly (a typical child), or weighted by their number of events (the
     Zipf-heavy children, some with thousands of events, dominate)."""
@@ -381,15 +389,19 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
     }
 
 
-async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS) -> dict[str, object]:
+async def end_to_end(
+    workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True
+) -> dict[str, object]:
     server, server_gc = ServerGC.server(workdir)
     services: dict[Sector, subprocess.Popen[bytes]] = {}
     pager: subprocess.Popen[bytes] | None = None
+    tracker: subprocess.Popen[bytes] | None = None
     try:
         nc = await connect(server.url, "bench-e2e")
         await streams.provision(nc.jetstream())
         services = start_services(server.url)
         pager = start_pager(server.url)
+        tracker = start_deadlines(server.url) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
         eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
@@ -405,6 +417,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
             "nats-server": server.process.pid,
             **{s.value: p.pid for s, p in services.items()},
             "pager": pager.pid,
+            **({"deadlines": tracker.pid} if tracker else {}),
         }
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         cpu_before["generator"] = time.process_time()
@@ -441,10 +454,12 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
                 (received if isinstance(event, ReferralReceived) else accepted).append(delay)
         memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
         memory["pager"] = peak_rss_mb(pager.pid)
+        if tracker:
+            memory["deadlines"] = peak_rss_mb(tracker.pid)
         await nc.close()
     finally:
         try:
-            stop_all([*services.values(), *([pager] if pager else [])])
+            stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])])
         finally:
             server.stop()  # also when a measurement fails: no orphaned processes
     return {
@@ -763,10 +778,12 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=int, default=LATENCY_RATE, help="end to end: referrals offered per second")
     parser.add_argument("--seconds", type=int, default=LATENCY_SECONDS, help="end to end: how long they are offered")
+    parser.add_argument("--no-deadlines", action="store_true", help="end to end: without the deadline service")
     args = parser.parse_args()
     if args.e2e_only:
         with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
-            print(json.dumps(asyncio.run(end_to_end(args.workdir or Path(tmp), args.rate, args.seconds)), indent=2))
+            run_e2e = end_to_end(args.workdir or Path(tmp), args.rate, args.seconds, not args.no_deadlines)
+            print(json.dumps(asyncio.run(run_e2e), indent=2))
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:

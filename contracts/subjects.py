@@ -117,3 +117,9 @@ def command_filter(sector: Sector) -> str:
 def webhook_consumer(sector: Sector) -> str:
     """The durable consumer that feeds one sector's webhook deliveries (filter: `inbox_filter`)."""
     return f"webhook-{sector.value}"
+
+
+def redrive_subject(sector: Sector | str) -> str:
+    """Redrive requests for one sector, in REFBUS_DEAD_LETTERS: the sector's redrive consumer reads
+    them and handles the named log message again."""
+    return f"{dead_letter_subject(sector)}.redrive"

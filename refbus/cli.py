@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from refbus import dead
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.gateway_cli import extend_up
 from refbus.services.runtime.settings import Settings, SettingsError, check_log_level
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # and a mistake in the arguments answer at once.
 
 PAGER = "pager"
+DEADLINES = "deadlines"
 CHILD_PATTERN = re.compile(r"c[0-9a-f]{16}")
 "The contract's child reference (contracts/events.py ChildRef): c + 16 lowercase hex digits."
 
@@ -226,12 +228,13 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                       help="how long to wait for the referrals to settle")
     demo.add_argument("--verbose", action="store_true", default=False, help="logs to stderr instead of the log file")
 
-    service = _command(sub, common, "service", cmd_service, "run one sector's service, or the history pager, "
-                       "against a running bus",
+    service = _command(sub, common, "service", cmd_service, "run one sector's service, the history pager or the "
+                       "deadline service, against a running bus",
                        "The bus: --nats-url, else the server `refbus up` runs on the data dir. Runs until Ctrl-C; "
                        "reconnects for ever once connected. Logs to stderr (JSON lines when not on a terminal).")
-    service.add_argument("sector", choices=[*(s.value for s in Sector), PAGER],
-                         help="which service: a sector, or the history pager (one per bus, at low CPU priority)")
+    service.add_argument("sector", choices=[*(s.value for s in Sector), PAGER, DEADLINES],
+                         help="which service: a sector, the history pager (one per bus, at low CPU priority) or "
+                              "the deadline service (one per bus)")
     service.add_argument("--sim-speed", type=_positive_float, metavar="N",
                          help="divide the simulated sector's delays by N; default: REFBUS_SIM_SPEED, else 1")
 
@@ -252,6 +255,9 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="how soon the receiver must respond")
     refer.add_argument("--legal-basis", default=LegalBasis.CHILD_PROTECTION_DUTY.value,
                        choices=[b.value for b in LegalBasis], help="why the child's data may be shared")
+    refer.add_argument("--respond-by", type=_as_of, metavar="TIME",
+                       help="when a decision is due (ISO 8601; without a timezone, taken as UTC): the receiver is "
+                            "reminded and the referrer told when it passes")
     refer.add_argument("--actor", default=None, help="pseudonymous worker id (w + 8-16 hex digits); default: a new one")
 
     children = _command(sub, common, "children", cmd_children, "list the child references in the log, with their "
@@ -286,8 +292,8 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                      "Exit 0 if clean, 1 if anything was found.")
     check.add_argument("--json", action="store_true", default=False, help="print JSON instead of text")
     check.add_argument("--stuck-after", type=_positive_float, metavar="SECONDS",
-                       help="count a referral as stuck after this long without change (default: the referrer's "
-                            "respond_by, else 1, 3 or 14 days by urgency)")
+                       help="count a referral as stuck when not closed this long after its request (default: the "
+                            "follow-up deadlines of services/rules/deadlines.py, as the deadline service applies them)")
 
     schema = _command(sub, common, "schema", cmd_schema, "write JSON Schema and AsyncAPI documents from the "
                       "contracts into contracts/schema/")
@@ -297,6 +303,7 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _core_commands,
+    dead.add_commands,
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]
 
@@ -399,11 +406,12 @@ def _health_lines(settings: Settings) -> list[str]:
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.runtime.bus import open_bus
-    from refbus.services.runtime.in_process import history_pager, sector_services
+    from refbus.services.runtime.in_process import deadline_service, history_pager, sector_services
 
     with _one_per_data_dir(settings, "up"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
-            async with sector_services(bus.url, settings), history_pager(bus.url, settings):
+            async with sector_services(bus.url, settings), history_pager(bus.url, settings), \
+                    deadline_service(bus.url, settings):
                 _say(f"refbus is up: {bus.description}; {_where_data(settings)}{_where_logs(args)}")
                 for line in _health_lines(settings):
                     _say(line)
@@ -417,12 +425,13 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.eventstore.bulk import write_all
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
     from refbus.services.runtime.bus import open_bus
-    from refbus.services.runtime.in_process import history_pager, sector_services
+    from refbus.services.runtime.in_process import deadline_service, history_pager, sector_services
     from refbus.summary import summarise
 
     with _one_per_data_dir(settings, "demo"):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
-            async with sector_services(bus.url, settings), history_pager(bus.url, settings):
+            async with sector_services(bus.url, settings), history_pager(bus.url, settings), \
+                    deadline_service(bus.url, settings):
                 _say(f"{bus.description}; {_where_data(settings)}{_where_logs(args)}")
                 for line in _health_lines(settings):
                     _say(line)
@@ -459,6 +468,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.deadlines.main import create_app as deadlines_app
     from refbus.services.pager.main import create_app as pager_app
     from refbus.services.runtime.bus import BusUnavailable, connect, require_streams, safe_url
     from refbus.services.runtime.embedded import read_record
@@ -485,6 +495,8 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     if args.sector == PAGER:
         os.nice(19)  # background work: the sector services on the same machine come first
         app = pager_app(settings)
+    elif args.sector == DEADLINES:
+        app = deadlines_app(settings)
     else:
         app = SECTOR_APPS[Sector(args.sector)](settings)
     await app.start()
@@ -523,6 +535,7 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
             service=args.service,
             urgency=Urgency(args.urgency),
             legal_basis=LegalBasis(args.legal_basis),
+            respond_by=datetime.fromtimestamp(args.respond_by.timestamp(), UTC) if args.respond_by else None,
         )
         event = msgspec.convert(msgspec.to_builtins(event), type(event))  # validates the field patterns
     except msgspec.ValidationError as exc:
@@ -535,6 +548,10 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
             raise UserError(f"refused by the rules: {exc.reason}") from None
     print(json.dumps({"referral_id": str(referral_id), "seq": seq}))
     return 0
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
@@ -611,7 +628,7 @@ def _timeline_line(stored: "StoredEvent") -> str:
     detail = ""
     if isinstance(event, ReferralEvent):
         detail = f"referral {str(event.referral_id)[:8]}"
-        for name in ("service", "reason", "outcome"):
+        for name in ("service", "reason", "outcome", "deadline"):
             if hasattr(event, name):
                 detail += f" {name}={getattr(event, name)}"
     elif hasattr(event, "dimension"):
@@ -665,14 +682,15 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
-    from refbus.services.rules.audit import DEFAULT_DEADLINES, audit_replay
+    from refbus.services.rules.audit import audit_replay
+    from refbus.services.rules.deadlines import DeadlineTable
     from refbus.services.runtime.bus import open_bus
 
     async with open_bus(settings, **_reads(settings)) as bus:
         eventlog = JetStreamEventStore(bus.nc)
-        deadlines = dict(DEFAULT_DEADLINES)
+        deadlines = DeadlineTable.from_env()  # the deadline service's table: stuck = overdue
         if args.stuck_after is not None:
-            deadlines = dict.fromkeys(Urgency, timedelta(seconds=args.stuck_after))
+            deadlines = DeadlineTable.uniform(timedelta(seconds=args.stuck_after))
         report = await audit_replay(eventlog.replay(), datetime.now(UTC), deadlines)
         index_missing = await eventlog.index_missing(report.last_seq)
     problems = len(report.findings) + index_missing

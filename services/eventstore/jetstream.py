@@ -40,14 +40,21 @@ def consumer_info_subject(stream: str, consumer: str) -> str:
     return f"{API}.CONSUMER.INFO.{stream}.{consumer}"
 
 
+def consumer_delete_subject(stream: str, consumer: str) -> str:
+    return f"{API}.CONSUMER.DELETE.{stream}.{consumer}"
+
+
 def consumer_create_subject(stream: str, consumer: str, filter_subject: str) -> str:
     """The create form that carries the filter (server 2.10+): permissions can then pin what a user's
     consumer delivers, not only its name."""
     return f"{API}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}"
 
 
+MAX_DELIVERIES_ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+
+
 def max_deliveries_advisory(stream: str) -> str:
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.>"
+    return f"{MAX_DELIVERIES_ADVISORY_PREFIX}{stream}.>"
 
 
 # -- headers and codes -----------------------------------------------------------------------------

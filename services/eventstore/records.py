@@ -33,6 +33,19 @@ class DeadLetter(msgspec.Struct, frozen=True):
     set_aside_at: datetime
 
 
+class RedriveRequest(msgspec.Struct, frozen=True):
+    """An operator's request that a sector handle log message `stream_seq` again (after a fix): kept
+    in REFBUS_DEAD_LETTERS on `refbus.dead.<sector>.redrive` under Nats-Msg-Id
+    `redrive:<consumer>:<stream_seq>`. No payload: the log holds the bytes."""
+
+    dead_letter: int
+    "The dead letter's sequence in REFBUS_DEAD_LETTERS (its ID in `refbus dead`)."
+    stream_seq: int
+    subject: str
+    consumer: str
+    requested_at: datetime
+
+
 class ConcurrencyConflict(Exception):
     """Another write reached the child first; re-read its history and decide again."""
 

@@ -17,6 +17,7 @@ from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime.app import service_app
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.inbox import Inbox, ensure_consumer
+from refbus.services.sector.redrive import Redriver, redrive_consumer
 from refbus.services.sector.service import WORKERS, SectorService, inbox_consumer
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,11 @@ def sector_app(
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
         inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
         await inboxes[0].start()
+        # Redrive requests from operators (refbus dead redrive): a few at a time is plenty.
+        redriver = Redriver(service)
+        await ensure_consumer(nc, subjects.DEAD_LETTER_STREAM, redrive_consumer(sector, settings.ack_wait))
+        inboxes.append(Inbox(nc, subjects.DEAD_LETTER_STREAM, f"redrive-{sector.value}", redriver.handle, 8))
+        await inboxes[1].start()
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
         config = gateway or GatewayConfig.from_env(sector, settings.data_dir)
         gateways.append(GatewayRuntime(sector, config))

@@ -114,6 +114,12 @@ class SectorService:
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
+                if delivered >= MAX_DELIVER:
+                    # The last delivery: a dead letter with the subject and the reason, which the
+                    # server's advisory lacks, so that an operator can redrive it after the fix.
+                    await self.set_aside(raw.subject, seq, body, f"exhausted {delivered} deliveries: {exc!r}"[:200])
+                    await raw.ack()
+                    return
                 await raw.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
                 return
             finally:

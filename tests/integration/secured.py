@@ -12,7 +12,7 @@ from refbus.services.runtime.bus import reply_prefix
 from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
 
 USERS = (
-    "admin", "operator", "social", "health", "education", "justice", "pager",
+    "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
     "social-system", "health-system", "education-system", "justice-system",
 )
 SECURED_CONFIG = DEPLOY_DIR / "nats-server-secured.conf"

@@ -276,6 +276,11 @@ _SECTOR = {
         "create its inbox consumer; the server holds the config to this filter (10131)",
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.inbox-{s}"): "pull requests on its inbox",
     ("pub", "$JS.ACK.REFBUS.inbox-{s}.>"): "ack, nak, term its inbox deliveries",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS_DEAD_LETTERS.redrive-{s}"): "does its redrive consumer exist",
+    ("pub", "$JS.API.CONSUMER.CREATE.REFBUS_DEAD_LETTERS.redrive-{s}.refbus.dead.{s}.redrive"):
+        "create its redrive consumer, held to its own redrive requests (no payloads there)",
+    ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_DEAD_LETTERS.redrive-{s}"): "pull redrive requests",
+    ("pub", "$JS.ACK.REFBUS_DEAD_LETTERS.redrive-{s}.>"): "ack or nak a redrive request it handled",
     ("sub", "_INBOX.{s}.>"): "its own replies and pull deliveries (reply prefix _INBOX.{s})",
     # its gateway (services/gateway, issue 15)
     ("sub", "refbus.cmd.{s}.*"): "take its own system's commands (NATS request/reply, queue group gateway-{s})",
@@ -310,6 +315,19 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_CHILDREN.*"): "pull requests on that reader",
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
+    "deadlines": {
+        **{("pub", f"refbus.ev.*.{s}.{s}"): f"state deadline notices as {s} to itself; no other event is on "
+           "these subjects (the lifecycle refuses any other from==to event)" for s in Sector},
+        ("pub", "$JS.API.STREAM.INFO.REFBUS"): "the log's end (catching up) and a child's event count",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS"): "check a sequence gap while reading (it reads the whole log anyway)",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS_CHILDREN"): "read a child's history before appending a notice",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS_PAGES"): "read a child's history pages",
+        ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.deadlines.refbus.ev.>"):
+            "its reader of the log, named and filtered (the filterless form could repoint an inbox)",
+        ("pub", "$JS.API.CONSUMER.DELETE.REFBUS.deadlines"): "start that reader again from the first event",
+        ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.deadlines"): "pull requests on that reader",
+        ("sub", "_INBOX.deadlines.>"): "its own replies and pull deliveries (reply prefix _INBOX.deadlines)",
+    },
     "operator": {
         ("pub", "$JS.API.INFO"): "account usage and limits",
         ("pub", "$JS.API.STREAM.INFO.*"): "stream state (counts, bytes, sequences)",
@@ -322,6 +340,8 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
             "a consumer to read dead letters (no payloads there: reasons, hashes, advisories)",
         ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_DEAD_LETTERS.>"): "remove that consumer",
         ("pub", "$JS.ACK.REFBUS_DEAD_LETTERS.>"): "ack the dead letters it has handled",
+        ("pub", "refbus.dead.*.redrive"):
+            "ask a sector to handle a dead-lettered log message again (refbus dead redrive); only that",
         ("sub", "_INBOX.operator.>"): "its own replies and dead-letter deliveries (reply prefix _INBOX.operator)",
     },
 }

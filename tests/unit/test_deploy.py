@@ -62,10 +62,11 @@ def _nats_test(config: Path, env: dict[str, str] | None = None) -> subprocess.Co
 # --- NATS configs --------------------------------------------------------------------------------
 
 
-def test_the_users_are_the_eleven_expected() -> None:
-    # The four <sector>-system users are the sector systems' own (issue 15): commands to their gateway only.
+def test_the_users_are_the_twelve_expected() -> None:
+    # deadlines: the deadline service (issue 18); the four <sector>-system users are the sector systems'
+    # own (issue 15): commands to their gateway only.
     assert _users() == [
-        "admin", "operator", "social", "health", "education", "justice", "pager",
+        "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
         "social-system", "health-system", "education-system", "justice-system",
     ]
 
@@ -130,6 +131,7 @@ EXPECTED_KINDS = {
     "deployment-education.yaml": "Deployment",
     "deployment-justice.yaml": "Deployment",
     "deployment-pager.yaml": "Deployment",
+    "deployment-deadlines.yaml": "Deployment",
     "secret.example.yaml": "Secret",
     "kustomization.yaml": "Kustomization",
 }
@@ -161,7 +163,7 @@ def test_every_sector_and_the_pager_have_a_deployment_with_its_own_user() -> Non
         assert env["REFBUS_NATS_URL"]["value"].count(f"nats://{key}:$(REFBUS_NATS_PASSWORD)@") == 3, name
         commands[name] = (key, container["command"])
     sector = next(a for a in _subcommands()["service"]._actions if a.dest == "sector")
-    assert set(sector.choices) == {"social", "health", "education", "justice", "pager"}
+    assert set(sector.choices) == {"social", "health", "education", "justice", "pager", "deadlines"}
     for target in sector.choices:
         assert commands[f"deployment-{target}.yaml"] == (target, ["refbus", "service", target])
     assert commands["provision-job.yaml"][0] == "admin"
