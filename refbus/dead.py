@@ -12,31 +12,42 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore import deadletters
-from refbus.services.eventstore.deadletters import DeadEntry, DeadLetters
-from refbus.services.runtime.bus import open_bus
-from refbus.services.runtime.settings import Settings
+
+if TYPE_CHECKING:  # the rest is imported where a command runs: `--help` answers at once
+    from refbus.services.eventstore.deadletters import DeadEntry, DeadLetters
+    from refbus.services.runtime.settings import Settings
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """The `dead` command and its subcommands, on the CLI's subparsers."""
-    dead = sub.add_parser("dead", parents=[common], help="dead letters: list, show, redrive")
-    verbs = dead.add_subparsers(required=True, metavar="VERB")
+    dead = sub.add_parser(
+        "dead", parents=[common], help="dead letters: list, show, redrive",
+        description="Dead letters: messages the services set aside (with the reason) or gave up on after their "
+        "last delivery. ID is a dead letter's sequence in REFBUS_DEAD_LETTERS. No payload is ever shown: the log "
+        "keeps the bytes, the letter their sha256 and size.",
+    )
+    verbs = dead.add_subparsers(required=True, metavar="VERB", help="list, show or redrive")
 
-    listing = verbs.add_parser("list", parents=[common], help="dead letters, oldest first (no child data)")
+    listing = verbs.add_parser("list", parents=[common], help="dead letters, oldest first (no child data)",
+                               description="Dead letters, oldest first, without their subjects (which name the child).")
     _filters(listing)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
     listing.set_defaults(command=cmd_list)
 
-    show = verbs.add_parser("show", parents=[common], help="one dead letter, with its log subject")
+    show = verbs.add_parser("show", parents=[common], help="one dead letter, with its log subject",
+                            description="One dead letter, with the subject of its log message (which names the child).")
     show.add_argument("id", type=int, help="the dead letter's sequence in REFBUS_DEAD_LETTERS")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(command=cmd_show)
 
-    redrive = verbs.add_parser("redrive", parents=[common], help="ask the sector to handle the message again")
+    redrive = verbs.add_parser(
+        "redrive", parents=[common], help="ask the sector to handle the message again",
+        description="Ask the sector's service to handle the log message again (idempotent: a redrive that lands "
+        "is never handled twice). A bulk redrive shows the count and asks first; --yes for scripts.",
+    )
     which = redrive.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?", help="one dead letter")
     which.add_argument("--matching", action="store_true", help="every dead letter the filters select")
@@ -46,7 +57,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sector", choices=[s.value for s in Sector])
+    parser.add_argument("--sector", choices=[s.value for s in Sector], help="only this sector's dead letters")
     parser.add_argument("--reason", help="substring of the reason, e.g. 'newer schema'")
     parser.add_argument("--since", help="ISO 8601 time, or a duration like 30m, 6h, 2d")
 
@@ -61,7 +72,7 @@ def since(text: str | None, now: datetime) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def select(dead: DeadLetters, args: argparse.Namespace) -> list[DeadEntry]:
+def select(dead: "DeadLetters", args: argparse.Namespace) -> "list[DeadEntry]":
     after = since(args.since, datetime.now(UTC))
     return [
         e for e in dead.letters
@@ -71,12 +82,16 @@ def select(dead: DeadLetters, args: argparse.Namespace) -> list[DeadEntry]:
     ]  # fmt: skip
 
 
-async def _dead(settings: Settings) -> DeadLetters:
+async def _dead(settings: "Settings") -> "DeadLetters":
+    from refbus.services.eventstore import deadletters
+    from refbus.services.eventstore.deadletters import DeadLetters
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings) as bus:
         return DeadLetters.of(await deadletters.read(bus.nc))
 
 
-def _row(entry: DeadEntry, dead: DeadLetters) -> dict[str, object]:
+def _row(entry: "DeadEntry", dead: "DeadLetters") -> dict[str, object]:
     redrive = dead.redriven.get(entry.key)
     return {
         "id": entry.id, "kind": entry.kind, "sector": entry.sector, "consumer": entry.consumer,
@@ -85,7 +100,7 @@ def _row(entry: DeadEntry, dead: DeadLetters) -> dict[str, object]:
     }  # fmt: skip
 
 
-async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+async def cmd_list(args: argparse.Namespace, settings: "Settings") -> int:
     dead = await _dead(settings)
     rows = [_row(e, dead) for e in select(dead, args)]
     if args.json:
@@ -99,7 +114,7 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+async def cmd_show(args: argparse.Namespace, settings: "Settings") -> int:
     dead = await _dead(settings)
     entry = next((e for e in dead.letters if e.id == args.id), None)
     if entry is None:
@@ -117,7 +132,11 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
+async def cmd_redrive(args: argparse.Namespace, settings: "Settings") -> int:
+    from refbus.services.eventstore import deadletters
+    from refbus.services.eventstore.deadletters import DeadLetters
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings) as bus:
         dead = DeadLetters.of(await deadletters.read(bus.nc))
         if args.matching:
@@ -157,7 +176,7 @@ async def cmd_redrive(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not unknown else 1
 
 
-async def _subject_from_log(nc: Any, entry: DeadEntry) -> str | None:
+async def _subject_from_log(nc: Any, entry: "DeadEntry") -> str | None:
     """An exhausted message without a set-aside record: the subject from the log (a user allowed to
     read it: the admin; the operator is not)."""
     from refbus.contracts import subjects

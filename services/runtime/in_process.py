@@ -25,7 +25,7 @@ SECTOR_APPS = {
 "Each sector's service as its own deployment runs it (services/<sector>/main.py)."
 
 
-HEALTH_ORDER: tuple[Sector | str, ...] = (*Sector, "pager")
+HEALTH_ORDER: tuple[Sector | str, ...] = (*Sector, "pager", "deadlines")
 "In one process every app serves /healthz on its own port: REFBUS_HEALTH_PORT + its place here."
 
 
@@ -66,7 +66,7 @@ async def history_pager(url: str, settings: Settings) -> AsyncIterator[FastStrea
 
 @asynccontextmanager
 async def deadline_service(url: str, settings: Settings) -> AsyncIterator[FastStream]:
-    app = deadlines_app(replace(settings, nats_url=url))
+    app = deadlines_app(replace(settings, nats_url=url, health_port=health_port(settings, "deadlines")))
     await app.start()
     try:
         yield app

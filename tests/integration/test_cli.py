@@ -28,7 +28,9 @@ import pytest
 from refbus.cli import _parser
 from refbus.registry import pilot_events, write_jsonl
 from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats, free_port, read_record
+from refbus.services.runtime.in_process import HEALTH_ORDER
 from tests.factories import new_child, request
+from tests.integration import secured as secured_users
 
 pytestmark = pytest.mark.integration
 
@@ -255,8 +257,7 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A server that wants credentials, and has no refbus streams."""
-    passwords = {f"REFBUS_{u.upper()}_PASSWORD": f"pw-{u}" for u in
-                 ("admin", "operator", "social", "health", "education", "justice", "pager")}
+    passwords = {f"REFBUS_{u.upper().replace('-', '_')}_PASSWORD": f"pw-{u}" for u in secured_users.USERS}
     server = EmbeddedNats(tmp_path_factory.mktemp("secured") / "nats", config=DEPLOY_DIR / "nats-server-secured.conf",
                           env=passwords).start()
     yield server
@@ -374,7 +375,7 @@ def test_import_history_in_occurred_time_and_check(up: Up, registry: Path) -> No
         time.sleep(0.5)
     assert check.code == 1 and "stuck: seq" in check.out and old["child"] in check.out, check.out
     # Durations read as a person reads them: the pilot's cases are hundreds of days past due.
-    assert re.search(r"for \d+ days past its deadline", check.out), check.out
+    assert re.search(r"past its deadline: \w+ \d+ days ago", check.out), check.out
     assert not re.search(r"\d+ days?, \d+:\d\d:\d\d", check.out)
 
 
@@ -439,15 +440,16 @@ def test_ctrl_c_during_a_large_demo(tmp_path: Path) -> None:
 
 def test_up_with_a_health_port_gives_each_app_its_own(tmp_path: Path) -> None:
     base = free_port()
-    ports = [base, free_port(), free_port(), free_port(), free_port()]
-    if ports != list(range(base, base + 5)):  # P..P+4 must be free: find five in a row
-        base = next(p for p in range(20000, 60000, 7) if all(_free(p + i) for i in range(5)))
+    apps = len(HEALTH_ORDER)  # the four sectors, the pager, the deadline service
+    ports = [base, *(free_port() for _ in range(apps - 1))]
+    if ports != list(range(base, base + apps)):  # P..P+5 must be free: find them in a row
+        base = next(p for p in range(20000, 60000, 7) if all(_free(p + i) for i in range(apps)))
     up = Background("up", env=_env(tmp_path / "data", REFBUS_HEALTH_PORT=str(base)))
     try:
         up.wait_for("Ctrl-C stops")
         said = "".join(up.out)
-        assert f"social {base}" in said and f"pager {base + 4}" in said
-        for port in range(base, base + 5):
+        assert f"social {base}" in said and f"pager {base + 4}" in said and f"deadlines {base + 5}" in said
+        for port in range(base, base + apps):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
                 assert answer.status == 200
         assert up.interrupt() == 130
