@@ -57,6 +57,10 @@ class ChildState:
     consent: set[Sector] = field(default_factory=set)
     "Sectors the guardian currently consents may receive referrals."
     referrals: dict[UUID, Referral] = field(default_factory=dict)
+    chain_pos: int = 0
+    "How many events the child's hash chain holds (set by the store's read, not by the fold)."
+    chain_hash: bytes = b"\0" * 32
+    "The chain hash of the child's newest event: the next event links on it (services/audit/proof.py)."
 
 
 def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:

@@ -9,6 +9,7 @@ import nats
 import structlog
 from nats.aio.client import Client as NATS
 
+from refbus.services.audit import keys
 from refbus.services.eventstore import streams
 from refbus.services.runtime.embedded import EmbeddedNats, port_open
 from refbus.services.runtime.settings import DEFAULT_NATS_URL, Settings
@@ -57,6 +58,9 @@ async def open_bus(settings: Settings, name: str = "refbus") -> AsyncIterator[Bu
     nc = await connect(url, name)
     try:
         await streams.provision(nc.jetstream(), replicas=settings.replicas)
+        ring = settings.keyring()
+        keys.install(ring)  # what this process writes is signed with the deployment's keys
+        await keys.publish(nc, ring)
         yield Bus(nc, url, server)
     finally:
         await nc.drain()

@@ -4,6 +4,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from refbus.services.audit.keys import Keyring
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -27,6 +31,15 @@ class Settings:
     "The history pager: how long a child's new events may wait before they are paged."
     event_id_key_hex: str | None = None
     "Keys the services' derived event ids (REFBUS_EVENT_ID_KEY); unset: kept in the data dir."
+    seal_interval_s: float = 60.0
+    "How often the bus seals the log (services/audit/seal.py)."
+
+    def keyring(self) -> "Keyring":
+        """The sectors' and the bus's signing keys, in <data_dir>/secrets/keys/ (made on first use,
+        readable by their owner only; `refbus keys` makes, rotates and revokes them)."""
+        from refbus.services.audit import keys
+
+        return keys.ensure(self.data_dir)
 
     def event_id_key(self) -> bytes:
         """The deployment's event-id key: from the environment, else the data dir's (made on first
@@ -54,6 +67,7 @@ class Settings:
             "health_host": env.get("REFBUS_HEALTH_HOST", "127.0.0.1"),
             "page_after_s": float(env.get("REFBUS_PAGE_AFTER_S", "5")),
             "event_id_key_hex": env.get("REFBUS_EVENT_ID_KEY") or None,
+            "seal_interval_s": float(env.get("REFBUS_SEAL_INTERVAL_S", "60")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -27,7 +27,8 @@ def sector_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers
     services: list[SectorService] = []
 
     async def start_inbox(nc: NATS) -> None:
-        service = SectorService(sector, policy, JetStreamEventStore(nc), settings.event_id_key())
+        store = JetStreamEventStore(nc, ring=settings.keyring())
+        service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
         inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
