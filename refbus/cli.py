@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from refbus import audit_commands
 from refbus.community import community
 from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", parents=[common], help="write JSON Schema + AsyncAPI from the contracts")
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
     schema.set_defaults(command=cmd_schema)
+    audit_commands.register(sub, common)  # keys, verify, seal, access, timeline, export, replay (issue 16)
     return parser
 
 

@@ -115,7 +115,9 @@ def signed_root(n: int, root: bytes) -> bytes:
 
 
 def format_sig(i: int, n: int, signature: bytes, path: Sequence[bytes]) -> str:
-    return f"{i}/{n} {base64.b64encode(signature).decode()} {base64.b64encode(b''.join(path)).decode()}"
+    # "-" for no path (a group of one): a header value's trailing space does not survive the wire.
+    encoded = base64.b64encode(b"".join(path)).decode() or "-"
+    return f"{i}/{n} {base64.b64encode(signature).decode()} {encoded}"
 
 
 def parse_sig(text: str | None) -> tuple[int, int, bytes, list[bytes]] | None:
@@ -128,7 +130,7 @@ def parse_sig(text: str | None) -> tuple[int, int, bytes, list[bytes]] | None:
     i, _, n = parts[0].partition("/")
     try:
         sig = base64.b64decode(parts[1], validate=True)
-        path = base64.b64decode(parts[2], validate=True)
+        path = b"" if parts[2] == "-" else base64.b64decode(parts[2], validate=True)
     except ValueError:
         return None
     if not (i.isdigit() and n.isdigit()) or len(sig) != 64 or len(path) % 32 or int(i) >= int(n):

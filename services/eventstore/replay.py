@@ -49,7 +49,7 @@ async def raw_replay(
     end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
         return
-    chunks: asyncio.Queue[tuple[int, list[RawStored]]] = asyncio.Queue(maxsize=64)
+    chunks: asyncio.Queue[tuple[int, list[RawStored], bool]] = asyncio.Queue(maxsize=64)
 
     async def read_from(start: int, generation: int) -> Subscription:
         pending: list[RawStored] = []
@@ -57,8 +57,10 @@ async def raw_replay(
         async def on_message(msg: Msg) -> None:
             seq, stored_ns = jetstream.delivered_position(msg.reply)
             pending.append((seq, stored_ns, msg.subject, msg.headers or {}, msg.data))
-            if len(pending) >= chunk or seq >= end:
-                await chunks.put((generation, pending.copy()))
+            # None pending after it: the last there is (the end's own sequence may be deleted).
+            last = seq >= end or jetstream.delivered_pending(msg.reply) == 0
+            if len(pending) >= chunk or last:
+                await chunks.put((generation, pending.copy(), last))
                 pending.clear()
 
         return await js.subscribe(
@@ -80,11 +82,11 @@ async def raw_replay(
         while True:
             try:
                 async with asyncio.timeout(REPLAY_STALL_S):  # not wait_for: docs/decisions/0005
-                    made_by, batch = await chunks.get()
+                    made_by, batch, last = await chunks.get()
             except TimeoutError:
                 if loop.time() - heard > reader.timeout:
                     raise
-                batch = []  # the chunk with the end may have been dropped: read again from here
+                batch, last = [], False  # the chunk with the end may have been dropped: read again from here
             else:
                 if made_by != generation:
                     continue  # from a consumer given up
@@ -96,7 +98,7 @@ async def raw_replay(
                 yield item
                 expected = seq + 1
             else:
-                if expected > end:
+                if expected > end or last:
                     return
                 if batch:
                     continue
