@@ -109,7 +109,8 @@ async def test_forgeries_published_on_the_server_are_named(original: NATS, ring:
     js = original.jetstream()
     # Unsigned: a raw publish without proof.
     lone = request(new_child())
-    unsigned = await js.publish(subjects.event_subject(lone.child, lone.from_sector, lone.to_sector), codec.encode(lone))
+    route = subjects.event_subject(lone.child, lone.from_sector, lone.to_sector)
+    unsigned = await js.publish(route, codec.encode(lone))
     # Forged sender: health's key signs an event that says social sent it.
     fake = request(new_child(), frm=Sector.SOCIAL)
     data = codec.encode(fake)
