@@ -5,11 +5,19 @@ Registered in refbus.cli by one call, `register(sub, common)`; each command is
 """
 
 import argparse
+import asyncio
+import getpass
 import json
+import os
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
 
 from refbus.services.audit import keys, seal
+from refbus.services.audit.access import NoPurpose, Purpose, Role, list_access, record_access
+from refbus.services.audit.reads import VerifiedHistory
 from refbus.services.audit.verify import Report, verify_bus
 from refbus.services.runtime.bus import open_bus
 from refbus.services.runtime.settings import Settings
@@ -34,6 +42,29 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
 
     s = sub.add_parser("seal", parents=[common], help="seal the log now (the pager's service does it every minute)")
     s.set_defaults(command=cmd_seal)
+
+    reader = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    reader.add_argument("child")
+    reader.add_argument("--purpose", choices=[p.value for p in Purpose],
+                        help="why you read this child's data (required; recorded in the access trail)")
+    reader.add_argument("--as", dest="who", help="who reads (default: REFBUS_USER or the login name)")
+    reader.add_argument("--role", choices=[r.value for r in Role], help="default: REFBUS_ROLE or auditor")
+
+    t = sub.add_parser("timeline", parents=[common, reader], help="one child's verified timeline as a "
+                       "self-contained HTML page (records the read in the access trail)")
+    t.add_argument("--html", type=Path, required=True, metavar="FILE")
+    t.set_defaults(command=cmd_timeline)
+
+    e = sub.add_parser("export", parents=[common, reader], help="one child's referrals as an HL7 FHIR R4 Bundle "
+                       "(records the read in the access trail)")
+    e.add_argument("--fhir", action="store_true", required=True, help="FHIR R4 Bundle (the one format so far)")
+    e.add_argument("--out", type=Path, help="file (default: stdout)")
+    e.set_defaults(command=cmd_export)
+
+    a = sub.add_parser("access", parents=[common], help="who read a child's history or export, when, why")
+    a.add_argument("child")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(command=cmd_access)
 
 
 async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -127,3 +158,90 @@ async def cmd_seal(args: argparse.Namespace, settings: Settings) -> int:
     print(f"sealed up to seq {made.last_seq}" if made else "nothing new to seal")
     return 0
 
+
+
+# -- reads by a person: recorded first, verified, then shown -----------------------------------------
+def reader_identity(args: argparse.Namespace) -> tuple[str, str]:
+    who = getattr(args, "who", None) or os.environ.get("REFBUS_USER") or getpass.getuser()
+    role = getattr(args, "role", None) or os.environ.get("REFBUS_ROLE") or Role.AUDITOR.value
+    return who, role
+
+
+async def read_for_person(bus_nc: NATS, settings: Settings, child: str, purpose: str | None, who: str, role: str,
+                          what: str) -> VerifiedHistory:
+    """What `history --html`, `timeline` and `export` show a person: the read is recorded in the
+    access trail (refused without a purpose: NoPurpose), then the child's history is read and
+    verified (a forged page refused). For the lead: `history` can call this too."""
+    from refbus.services.audit.reads import verified_history
+
+    ring = settings.keyring()
+    await record_access(bus_nc, ring, who=who, role=role, child=child, purpose=purpose, what=what)
+    records = await keys.trusted_records(bus_nc, ring)
+    return await verified_history(bus_nc, child, records)
+
+
+def verification_line(checked: VerifiedHistory) -> str:
+    report = checked.report
+    if checked.ok:
+        return f"{len(checked.events)} events; every signature and chain holds"
+    first = report.first
+    return f"{sum(report.counts.values())} problem(s); first: seq {first.seq} {first.kind}: {first.detail}" if first \
+        else "problems found"
+
+
+async def write_timeline(bus_nc: NATS, settings: Settings, child: str, path: Path, purpose: str | None,
+                         who: str, role: str) -> VerifiedHistory:
+    """`refbus history CHILD --html FILE` and `refbus timeline`: the verified page, written to `path`."""
+    from refbus.services.audit.timeline import render_html
+
+    checked = await read_for_person(bus_nc, settings, child, purpose, who, role, "timeline")
+    page = render_html(child, checked.events, verification_line(checked), checked.ok, generated_at=datetime.now(UTC))
+    await asyncio.to_thread(path.write_text, page)
+    return checked
+
+
+async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
+    who, role = reader_identity(args)
+    try:
+        async with open_bus(settings) as bus:
+            checked = await write_timeline(bus.nc, settings, args.child, args.html, getattr(args, "purpose", None),
+                                           who, role)
+    except NoPurpose as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.html}: {verification_line(checked)}")
+    return 0 if checked.ok else 1
+
+
+async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit.fhir import bundle
+
+    who, role = reader_identity(args)
+    try:
+        async with open_bus(settings) as bus:
+            checked = await read_for_person(bus.nc, settings, args.child, getattr(args, "purpose", None), who, role,
+                                            "export")
+    except NoPurpose as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(bundle(args.child, checked.events, verified=checked.ok), indent=2)
+    if getattr(args, "out", None):
+        args.out.write_text(text)
+        print(f"wrote {args.out}: {verification_line(checked)}", file=sys.stderr)
+    else:
+        print(text)
+    return 0 if checked.ok else 1
+
+
+async def cmd_access(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_bus(settings) as bus:
+        found = await list_access(bus.nc, args.child)
+    if args.json:
+        print(json.dumps([{"who": r.who, "role": r.role, "at": r.at.isoformat(), "purpose": r.purpose,
+                           "what": r.what} for r in found], indent=2))
+    else:
+        for r in found:
+            print(f"{r.at:%Y-%m-%d %H:%M:%S}  {r.who:<16} {r.role:<24} {r.what:<9} {r.purpose}")
+        if not found:
+            print(f"no recorded reads of {args.child}")
+    return 0
