@@ -61,6 +61,12 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
     e.add_argument("--out", type=Path, help="file (default: stdout)")
     e.set_defaults(command=cmd_export)
 
+    r = sub.add_parser("replay", parents=[common], help="rebuild the read models (open referrals per sector, "
+                       "outcomes per dimension, time to decision per sector pair) from the log; resumable")
+    r.add_argument("--out", type=Path, help="folder (default: <data dir>/projections)")
+    r.add_argument("--restart", action="store_true", help="from position zero, ignoring the checkpoint")
+    r.set_defaults(command=cmd_replay)
+
     a = sub.add_parser("access", parents=[common], help="who read a child's history or export, when, why")
     a.add_argument("child")
     a.add_argument("--json", action="store_true")
@@ -244,4 +250,22 @@ async def cmd_access(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r.at:%Y-%m-%d %H:%M:%S}  {r.who:<16} {r.role:<24} {r.what:<9} {r.purpose}")
         if not found:
             print(f"no recorded reads of {args.child}")
+    return 0
+
+
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts import subjects
+    from refbus.services.audit.projections import rebuild
+    from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+
+    folder = getattr(args, "out", None) or settings.data_dir / "projections"
+    async with open_bus(settings) as bus:
+        store = JetStreamEventStore(bus.nc)
+        total = (await bus.nc.jetstream().stream_info(subjects.STREAM)).state.last_seq
+        progress = (lambda seq: _progress_bar(seq, total)) if sys.stderr.isatty() else None
+        state = await rebuild(store.replay, folder, restart=args.restart, progress=progress)
+    if progress is not None:
+        _progress_bar(total, total)
+        print(file=sys.stderr)
+    print(f"{state.events} events up to seq {state.last_seq}: {folder / 'projections.json'}")
     return 0
