@@ -234,3 +234,13 @@ def test_refbus_verify_exits_0_then_names_the_first_bad_event(tmp_path: Path, se
     seq = asyncio.run(forge())
     bad = run("verify")
     assert bad.returncode == 1 and f"FIRST BAD EVENT: seq {seq}: unsigned" in bad.stdout, bad.stdout + bad.stderr
+
+
+async def test_verify_since_starts_at_the_newest_seal_before_it(original: NATS, ring: keys.Keyring) -> None:
+    [first] = await seal.read_seals(original)
+    await _write(original, ring, children=4)
+    second = await seal.seal_now(original, ring)
+    assert second is not None and second.last_seq == first.last_seq + 12
+    report = await verify_bus(original, ring, since=first.last_seq + 5)
+    assert report.ok and report.first_seq == first.last_seq + 1 and report.events == 12, report.as_dict()
+    assert report.seals_checked == 1 and report.unsealed == 0
