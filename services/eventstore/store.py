@@ -58,7 +58,10 @@ class EventStore(ABC):
             if not events:
                 return Transacted([], state, duplicates)
             try:
-                stored = await self.append(child, expected, events, proof.Link(state.chain_pos, state.chain_hash))
+                known = state.chain_seq == expected
+                prev = proof.Link(state.chain_pos, state.chain_hash) if known else None
+                prev = await self._prev_link(child, expected, prev)
+                stored = await self.append(child, expected, events, prev)
             except ConcurrencyConflict as conflict:
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
                 min_seq = max(min_seq, conflict.actual)
@@ -67,10 +70,10 @@ class EventStore(ABC):
                     await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
                 continue
             state.last_seq = max(state.last_seq, stored[-1])
-            link = proof.Link(state.chain_pos, state.chain_hash)
+            link = prev
             for event in events:
                 link = proof.next_link(link, codec.encode(event))
-            state.chain_pos, state.chain_hash = link.pos, link.hash
+            state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored[-1]
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
@@ -89,8 +92,11 @@ class EventStore(ABC):
             return prev
         if expected_last_seq == 0:
             return proof.START
-        state = await self.load(child)
-        return proof.Link(state.chain_pos, state.chain_hash)
+        # The link of the child's event at `expected_last_seq` (the append fails unless it is the last).
+        history = await self.history(child, min_seq=expected_last_seq, fresh=False, paged=False)
+        upto = [h for h in history if h.seq <= expected_last_seq]
+        link = proof.parse_link(upto[-1].chain) if upto and upto[-1].seq == expected_last_seq else None
+        return link or proof.Link(len(upto), proof.GENESIS)  # an event from before chains: no link to take
 
     @abstractmethod
     async def history(
@@ -122,5 +128,5 @@ class EventStore(ABC):
                 state.last_seq = stored.seq  # unreadable, but the next append must still expect it
             link = proof.parse_link(stored.chain)
             if link is not None and link.pos > state.chain_pos:
-                state.chain_pos, state.chain_hash = link.pos, link.hash
+                state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored.seq
         return state

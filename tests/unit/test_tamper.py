@@ -169,3 +169,18 @@ async def test_a_seal_not_signed_by_the_bus_is_refused(ring: keys.Keyring) -> No
     seal = seal_messages(ring, messages)
     forged = msgspec.structs.replace(seal, last_seq=seal.last_seq + 5)
     assert _first(_verify(ring, messages, seals=[forged]))[1] == "seal-invalid"
+
+
+async def test_a_state_folded_from_events_alone_still_chains_right(ring: keys.Keyring) -> None:
+    """The services hand transact states they folded from events (no chain link known): the store
+    reads the link of the child's last event before appending (found by `refbus demo`)."""
+    from refbus.services.rules.state import fold
+
+    store = InMemoryEventStore(ring)
+    child = new_child()
+    req = request(child)
+    [seq] = (await store.transact(child, lambda _s: [req])).stored
+    folded = fold(child, [(seq, req)])
+    await store.transact(child, lambda _s: [answer(ReferralAccepted, req)], state=folded)
+    messages = [(s, at, subject, dict(h), d) for s, at, subject, h, d in store.messages]
+    assert _verify(ring, messages).ok
