@@ -231,14 +231,20 @@ def with_proof(stored: StoredEvent, headers: dict[str, str]) -> StoredEvent:
     )
 
 
-def bound_event(seq: int, stored_at: datetime, subject: str, data: bytes) -> StoredEvent:
-    """A message of the log taken as an event only if its payload's child and route are its subject's."""
+def bound_event(
+    seq: int, stored_at: datetime, subject: str, data: bytes, headers: dict[str, str] | None = None
+) -> StoredEvent:
+    """A message of the log taken as an event only if its payload's child and route are its subject's;
+    with the proof its `headers` carry."""
+    chain = key = sig = None
+    if headers:
+        chain, key, sig = headers.get(proof.CHAIN), headers.get(proof.KEY), headers.get(proof.SIG)
     try:
-        return StoredEvent(seq, stored_at, codec.decode_on(subject, data))
+        return StoredEvent(seq, stored_at, codec.decode_on(subject, data), None, chain, key, sig)
     except codec.MisroutedEvent as exc:
-        return StoredEvent(seq, stored_at, None, f"misrouted: {exc.reason}")
+        return StoredEvent(seq, stored_at, None, f"misrouted: {exc.reason}", chain, key, sig)
     except codec.UndecodableEvent as exc:
-        return StoredEvent(seq, stored_at, None, exc.reason)
+        return StoredEvent(seq, stored_at, None, exc.reason, chain, key, sig)
 
 
 def _decoded(seq: int, stored_at: datetime, data: bytes) -> StoredEvent:

@@ -17,7 +17,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import subjects
 from refbus.services.eventstore import jetstream
-from refbus.services.eventstore.reader import LogReader, bound_event, with_proof
+from refbus.services.eventstore.reader import LogReader, bound_event
 from refbus.services.eventstore.records import StoredEvent
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,7 @@ async def replay(
     """Every event of the log in order, from `from_seq` to the end as it is now; each payload bound
     to the subject it was stored on, with the proof its headers carry."""
     async for seq, stored_ns, subject, headers, data in raw_replay(reader, from_seq, chunk, client_buffer):
-        yield with_proof(bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data), headers)
+        yield bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data, headers)
 
 
 RawStored = tuple[int, int, str, dict[str, str], bytes]
