@@ -97,6 +97,33 @@ def merkle(chains: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return level[0], paths
 
 
+def merkle_root(chains: Sequence[bytes]) -> bytes:
+    """The root `merkle` computes, without the paths."""
+    level = [_leaf(c) for c in chains]
+    while len(level) > 1:
+        level = [_node(level[i], level[i + 1]) if i + 1 < len(level) else level[i] for i in range(0, len(level), 2)]
+    return level[0]
+
+
+def b64(text: str) -> bytes:
+    """A signature's bytes from base64; 64 zero bytes (which verify nothing) when it is not base64."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return bytes(64)
+
+
+def parse_sig_head(text: str) -> tuple[int, int, str] | None:
+    """(index, group size, signature as base64) of a Refbus-Sig header, without decoding the path."""
+    parts = text.split(" ")
+    if len(parts) != 3 or len(parts[1]) != 88:
+        return None
+    i, _, n = parts[0].partition("/")
+    if not (i.isdigit() and n.isdigit()) or int(i) >= int(n):
+        return None
+    return int(i), int(n), parts[1]
+
+
 def root_from(chain: bytes, i: int, n: int, path: Sequence[bytes]) -> bytes | None:
     """The root a leaf's path leads to; None when the path does not fit (i, n)."""
     node, size, steps = _leaf(chain), n, iter(path)

@@ -39,6 +39,8 @@ RawMessage = tuple[int, datetime, str, dict[str, str], bytes]
 
 MAX_FINDINGS = 1000
 SIG_CACHE = 4096
+MAX_OPEN_GROUPS = 256
+"Signature groups waiting for members: more, and the oldest is checked member by member."
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Verifier:
         self._chains: dict[str, proof.Link] = {}
         self._missing: dict[tuple[str, int], Finding] = {}
         self._sig_cache: dict[tuple[str, int, bytes, bytes], bool] = {}
+        self._groups: dict[tuple[str, int, str], dict[int, tuple[int, str, bytes, str]]] = {}
         self._witness = witness
         for seal in self._seals:
             if not self._seal_signed(seal):
@@ -176,9 +179,13 @@ class Verifier:
             return
         self._check_chain(seq, child, link, data)
         kid = headers.get(proof.KEY)
-        sig = proof.parse_sig(headers.get(proof.SIG))
-        if kid is None or sig is None:
+        sig_text = headers.get(proof.SIG)
+        if kid is None or not sig_text:
             self._add(Finding(seq, "unsigned", "no signature" if kid else "no signing key named", child))
+            return
+        head = proof.parse_sig_head(sig_text)
+        if head is None:
+            self._add(Finding(seq, "bad-signature", "malformed signature header", child))
             return
         record = self.records.get(kid)
         if record is None:
@@ -192,8 +199,41 @@ class Verifier:
             self._add(Finding(seq, "revoked-key", f"key {kid} was revoked at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
                               f", before this event was stored", child))
             return
+        member = (seq, child, link.hash, sig_text)
+        if not self._contiguous:
+            self._check_path(kid, record, member)
+            return
+        # A whole log: a group's members come together (one batch), so the root is computed once per
+        # group from their chain hashes; a member alone (a group cut, a header replayed) by its path.
+        i, n, signature = head
+        key = (kid, n, signature)
+        members = self._groups.setdefault(key, {})
+        if i in members:
+            self._check_path(kid, record, member)
+            return
+        members[i] = member
+        if len(members) == n:
+            del self._groups[key]
+            root = proof.merkle_root([members[k][2] for k in range(n)])
+            if not proof.verify_signature(record.public_key, proof.b64(signature), proof.signed_root(n, root)):
+                for one in sorted(members.values()):
+                    self._check_path(kid, record, one)
+        elif len(self._groups) > MAX_OPEN_GROUPS:
+            self._flush(next(iter(self._groups)))
+
+    def _flush(self, key: tuple[str, int, str]) -> None:
+        record = self.records[key[0]]
+        for one in sorted(self._groups.pop(key).values()):
+            self._check_path(key[0], record, one)
+
+    def _check_path(self, kid: str, record: KeyRecord, member: tuple[int, str, bytes, str]) -> None:
+        seq, child, chain, sig_text = member
+        sig = proof.parse_sig(sig_text)
+        if sig is None:
+            self._add(Finding(seq, "bad-signature", "malformed signature header", child))
+            return
         i, n, signature, path = sig
-        root = proof.root_from(link.hash, i, n, path)
+        root = proof.root_from(chain, i, n, path)
         if root is None:
             self._add(Finding(seq, "bad-signature", "the Merkle path does not fit its group", child))
             return
@@ -246,6 +286,8 @@ class Verifier:
     # -- the end --------------------------------------------------------------------------------
     def finish(self) -> Report:
         report = self.report
+        while self._groups:
+            self._flush(next(iter(self._groups)))
         for seal in self._seals[self._next_seal :]:
             self._add(Finding(report.last_seq + 1, "truncated",
                               f"a seal names the log up to seq {seal.last_seq}; the log ends at {report.last_seq}"))
