@@ -99,7 +99,8 @@ class Keyring:
 
 
 def trusted(records: Iterable[KeyRecord], anchors: dict[str, KeyRecord]) -> dict[str, KeyRecord]:
-    """The records a bus key of the anchor certifies (newest record per key id wins: a revocation)."""
+    """The records a bus key of the anchor certifies: per key id the newest, except that a revocation
+    stands once certified (the earliest revocation time wins)."""
     found: dict[str, KeyRecord] = {}
     for record in records:
         anchor = anchors.get(record.certified_by)
@@ -107,6 +108,11 @@ def trusted(records: Iterable[KeyRecord], anchors: dict[str, KeyRecord]) -> dict
             continue
         if record.owner == BUS and record.key_id not in anchors:
             continue  # only the anchor names the bus keys
+        known = found.get(record.key_id)
+        if known is not None and known.revoked_at is not None and (
+            record.revoked_at is None or record.revoked_at > known.revoked_at
+        ):
+            continue  # a revocation stands: an older certified record replayed later does not undo it
         found[record.key_id] = record
     for kid, anchor in anchors.items():
         found.setdefault(kid, anchor)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -244,3 +245,38 @@ async def test_verify_since_starts_at_the_newest_seal_before_it(original: NATS, 
     report = await verify_bus(original, ring, since=first.last_seq + 5)
     assert report.ok and report.first_seq == first.last_seq + 1 and report.events == 12, report.as_dict()
     assert report.seals_checked == 1 and report.unsealed == 0
+
+
+async def test_an_auditor_with_only_the_bus_key_learns_keys_and_revocations_from_the_bus(
+    original: NATS, ring: keys.Keyring, tmp_path: Path
+) -> None:
+    """The sectors' public keys come from REFBUS_KEYS, certified by the bus; a revocation published
+    there (signed by the bus) makes the revoked key's later signatures fail; a key record that the
+    bus did not certify is ignored."""
+    auditor_dir = tmp_path / "auditor"
+    bus_kid = ring.current(keys.BUS)
+    assert bus_kid is not None
+    keys.keys_dir(auditor_dir).mkdir(parents=True)
+    for path in keys.keys_dir(tmp_path / "deployment").glob(f"{bus_kid}.key"):
+        (keys.keys_dir(auditor_dir) / path.name).write_bytes(path.read_bytes())
+    auditor = keys.load(auditor_dir)
+    assert set(auditor.records) == {bus_kid}
+    assert (await verify_bus(original, auditor)).ok
+
+    # A record no bus key certified (an attacker's own key for social) changes nothing.
+    rogue = keys.new_key(tmp_path / "rogue", "social").record
+    await original.jetstream().publish(subjects.key_subject(rogue.key_id), msgspec.json.encode(rogue))
+    assert rogue.key_id not in await keys.trusted_records(original, auditor)
+
+    social = ring.current("social")
+    assert social is not None
+    stored = await _stored(original)
+    keys.revoke(tmp_path / "deployment", social, at=datetime(2000, 1, 1, tzinfo=UTC))
+    await keys.publish(original, keys.load(tmp_path / "deployment"))
+    report = await verify_bus(original, auditor)
+    assert report.first is not None and report.first.kind == "revoked-key", report.as_dict()
+    assert report.counts["revoked-key"] == sum(1 for _, h, _ in stored if h.get(proof.KEY) == social)
+    # The valid record replayed after the revocation does not undo it.
+    valid = next(r for r in ring.public_records() if r.key_id == social)
+    await original.jetstream().publish(subjects.key_subject(social), msgspec.json.encode(valid))
+    assert (await keys.trusted_records(original, auditor))[social].revoked_at is not None
