@@ -105,27 +105,25 @@ async def list_access(nc: NATS, child: str, wait: float = 5.0) -> list[AccessRec
 async def verify_access(nc: NATS, ring: Keyring, wait: float = 5.0) -> Report:
     """Every access record chained on its child's previous one and signed by a bus key."""
     from refbus.services.audit.keys import trusted_records
+    from refbus.services.eventstore.reader import LogReader
+    from refbus.services.eventstore.replay import raw_replay
 
     records = await trusted_records(nc, ring, wait)
     report = Report()
-    try:
-        messages = await jetstream.BatchedDirectGet(nc).all_on(
-            subjects.ACCESS_STREAM, subjects.ACCESS_SUBJECTS, 1, wait
-        )
-    except (RuntimeError, TimeoutError):
-        messages = []
     heads: dict[str, proof.Link] = {}
 
     def bad(seq: int, kind: str, detail: str, child: str | None = None) -> None:
         report.counts[kind] = report.counts.get(kind, 0) + 1
         report.findings.append(Finding(seq, kind, detail, child))
 
-    for msg in messages:
-        seq, headers = jetstream.stored_sequence(msg), msg.headers or {}
+    reader = LogReader(nc, wait)
+    async for seq, _ns, subject, headers, data in raw_replay(
+        reader, 1, stream=subjects.ACCESS_STREAM, subject_filter=subjects.ACCESS_SUBJECTS
+    ):  # streaming: memory holds one link per child
         report.events += 1
         report.first_seq = report.first_seq or seq
         report.last_seq = seq
-        child = jetstream.stored_subject(msg).rsplit(".", 1)[-1]
+        child = subject.rsplit(".", 1)[-1]
         link, sig = proof.parse_link(headers.get(proof.CHAIN)), proof.parse_sig(headers.get(proof.SIG))
         kid = headers.get(proof.KEY)
         if link is None or sig is None or kid is None:
@@ -134,7 +132,7 @@ async def verify_access(nc: NATS, ring: Keyring, wait: float = 5.0) -> Report:
         head = heads.get(child, proof.START)
         if link.pos != head.pos + 1:
             bad(seq, "removed" if link.pos > head.pos + 1 else "reordered", f"access chain position {link.pos}", child)
-        elif proof.chain_hash(head.hash, msg.data) != link.hash:
+        elif proof.chain_hash(head.hash, data) != link.hash:
             bad(seq, "altered", "access record does not match its signed chain hash", child)
         heads[child] = link
         record = records.get(kid)
