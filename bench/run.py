@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 import nats
+from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
 from nats.js.api import DeliverPolicy
 
 from refbus.contracts import codec, subjects
@@ -633,6 +634,8 @@ async def run(workdir: Path) -> dict[str, object]:
             "server_gc_marks_ms",
         )
         results["end_to_end_by_rate"][str(rate)] = {k: run_at[k] for k in kept}
+    print("gateways: commands over HTTP and NATS request/reply, stepped rates ...", flush=True)
+    results["gateway"] = await gateway_bench(workdir / "gateway")  # bench/gateway.py
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
     return results
@@ -693,6 +696,15 @@ def table(results: dict) -> str:
         lines.append(
             f"{'   at ' + rate + '/s: received p50/p99, accepted p99':<46}{got['p50']:>7}/{got['p99']}, {ok['p99']}"
         )
+    for transport in ("http", "nats"):
+        if transport in results.get("gateway", {}):
+            g = results["gateway"][transport]
+            top, sustained = g["steps"][-1], g["sustained_per_s_p99_under_50ms"]
+            latency = top["latency_ms"]
+            lines.append(
+                f"{'gateway ' + transport + ': sustained cmds/s (p99<50ms)':<46}{sustained:>14}"
+                f"   (last step {top['offered_per_s']}/s: p50/p99 {latency['p50']}/{latency['p99']})   >= 1,000"
+            )
     memory = e["service_peak_rss_mb"]
     lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
     return "\n".join(lines)

@@ -113,3 +113,24 @@ def sender_permission(sector: Sector) -> str:
 def dead_letter_subject(sector: Sector | str) -> str:
     name = sector.value if isinstance(sector, Sector) else sector
     return f"{PREFIX}.dead.{name}"
+
+
+# -- the gateways' NATS request/reply (contracts/commands.py) ----------------------------------
+# Core NATS, not JetStream: a sector system sends a command as a request and gets the gateway's
+# answer (Applied or Refusal) as the reply. Nothing on these subjects is stored as such.
+
+
+def command_subject(sector: Sector, kind: str) -> str:
+    """Where a sector system sends one kind of command to its gateway."""
+    return f"{PREFIX}.cmd.{sector.value}.{kind}"
+
+
+def command_filter(sector: Sector) -> str:
+    """Every command to one sector's gateway (what the gateway subscribes to, and what the sector
+    system's NATS user may publish to)."""
+    return f"{PREFIX}.cmd.{sector.value}.*"
+
+
+def webhook_consumer(sector: Sector) -> str:
+    """The durable consumer that feeds one sector's webhook deliveries (filter: `inbox_filter`)."""
+    return f"webhook-{sector.value}"

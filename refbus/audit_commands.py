@@ -12,21 +12,28 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nats.aio.client import Client as NATS
-
-from refbus.services.audit import keys, seal
-from refbus.services.audit.access import NoPurpose, Purpose, Role, list_access, record_access
-from refbus.services.audit.reads import VerifiedHistory
-from refbus.services.audit.verify import Report, verify_bus
-from refbus.services.runtime.bus import open_bus
+from refbus.contracts.vocabulary import Sector
+from refbus.services.audit.purposes import Purpose, Role
 from refbus.services.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from refbus.services.audit import seal
+    from refbus.services.audit.reads import VerifiedHistory
+    from refbus.services.audit.verify import Report
+
+# The bus client, the crypto and the services are imported where a command runs (as in refbus.cli):
+# `refbus --help` answers at once.
+KEY_OWNERS = (*(s.value for s in Sector), "bus")
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: argparse.ArgumentParser) -> None:
     k = sub.add_parser("keys", parents=[common], help="make the sectors' and the bus's signing keys (first run), "
                        "rotate or revoke one, publish the public keys to the bus")
-    k.add_argument("--rotate", metavar="OWNER", choices=keys.OWNERS, help="a new current key for this owner")
+    k.add_argument("--rotate", metavar="OWNER", choices=KEY_OWNERS, help="a new current key for this owner")
     k.add_argument("--revoke", metavar="KEY_ID", help="revoke a key: what it signs from --at on is refused")
     k.add_argument("--at", type=datetime.fromisoformat, help="revocation time (ISO 8601; default now)")
     k.add_argument("--json", action="store_true")
@@ -74,6 +81,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
 
 
 async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit import keys
+    from refbus.services.runtime.bus import open_bus
+
     if args.rotate:
         keys.new_key(settings.data_dir, args.rotate)
     if args.revoke:
@@ -107,6 +117,10 @@ def _progress_bar(done: int, total: int) -> None:
 
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit import keys, seal
+    from refbus.services.audit.verify import verify_bus
+    from refbus.services.runtime.bus import open_bus
+
     ring = keys.load(settings.data_dir)
     if not ring.anchors():
         print(f"no bus key in {keys.keys_dir(settings.data_dir)}: nothing to trust (run `refbus keys`)",
@@ -141,12 +155,15 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok else 1
 
 
-async def _seals(settings: Settings) -> list[seal.Seal]:
+async def _seals(settings: Settings) -> "list[seal.Seal]":
+    from refbus.services.audit import seal
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings) as bus:
         return await seal.read_seals(bus.nc)
 
 
-def render(report: Report) -> str:
+def render(report: "Report") -> str:
     lines = [f"{report.events} events (seq {report.first_seq}..{report.last_seq}), {report.seals_checked} seals "
              f"checked, {report.unsealed} events after the newest seal"]
     first = report.first
@@ -159,6 +176,9 @@ def render(report: Report) -> str:
 
 
 async def cmd_seal(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit import seal
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings) as bus:
         made = await seal.seal_now(bus.nc, settings.keyring())
     print(f"sealed up to seq {made.last_seq}" if made else "nothing new to seal")
@@ -173,11 +193,13 @@ def reader_identity(args: argparse.Namespace) -> tuple[str, str]:
     return who, role
 
 
-async def read_for_person(bus_nc: NATS, settings: Settings, child: str, purpose: str | None, who: str, role: str,
-                          what: str) -> VerifiedHistory:
+async def read_for_person(bus_nc: "NATS", settings: Settings, child: str, purpose: str | None, who: str, role: str,
+                          what: str) -> "VerifiedHistory":
     """What `history --html`, `timeline` and `export` show a person: the read is recorded in the
     access trail (refused without a purpose: NoPurpose), then the child's history is read and
     verified (a forged page refused). For the lead: `history` can call this too."""
+    from refbus.services.audit import keys
+    from refbus.services.audit.access import record_access
     from refbus.services.audit.reads import verified_history
 
     ring = settings.keyring()
@@ -186,7 +208,7 @@ async def read_for_person(bus_nc: NATS, settings: Settings, child: str, purpose:
     return await verified_history(bus_nc, child, records)
 
 
-def verification_line(checked: VerifiedHistory) -> str:
+def verification_line(checked: "VerifiedHistory") -> str:
     report = checked.report
     if checked.ok:
         return f"{len(checked.events)} events; every signature and chain holds"
@@ -195,8 +217,8 @@ def verification_line(checked: VerifiedHistory) -> str:
         else "problems found"
 
 
-async def write_timeline(bus_nc: NATS, settings: Settings, child: str, path: Path, purpose: str | None,
-                         who: str, role: str) -> VerifiedHistory:
+async def write_timeline(bus_nc: "NATS", settings: Settings, child: str, path: Path, purpose: str | None,
+                         who: str, role: str) -> "VerifiedHistory":
     """`refbus history CHILD --html FILE` and `refbus timeline`: the verified page, written to `path`."""
     from refbus.services.audit.timeline import render_html
 
@@ -207,6 +229,9 @@ async def write_timeline(bus_nc: NATS, settings: Settings, child: str, path: Pat
 
 
 async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit.access import NoPurpose
+    from refbus.services.runtime.bus import open_bus
+
     who, role = reader_identity(args)
     try:
         async with open_bus(settings) as bus:
@@ -220,7 +245,9 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit.access import NoPurpose
     from refbus.services.audit.fhir import bundle
+    from refbus.services.runtime.bus import open_bus
 
     who, role = reader_identity(args)
     try:
@@ -240,6 +267,9 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_access(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit.access import list_access
+    from refbus.services.runtime.bus import open_bus
+
     async with open_bus(settings) as bus:
         found = await list_access(bus.nc, args.child)
     if args.json:
@@ -257,6 +287,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.contracts import subjects
     from refbus.services.audit.projections import rebuild
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.runtime.bus import open_bus
 
     folder = getattr(args, "out", None) or settings.data_dir / "projections"
     async with open_bus(settings) as bus:

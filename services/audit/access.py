@@ -4,7 +4,6 @@ previous record and signed by the bus (the same headers as events: services/audi
 read without a purpose from the closed list is refused."""
 
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -13,27 +12,9 @@ from nats.js.errors import APIError
 from refbus.contracts import subjects
 from refbus.services.audit import proof
 from refbus.services.audit.keys import BUS, Keyring
+from refbus.services.audit.purposes import Purpose, Role
 from refbus.services.audit.verify import Finding, Report
 from refbus.services.eventstore import jetstream
-
-
-class Purpose(StrEnum):
-    CASE_WORK = "case_work"
-    "The reader works on this child's case."
-    SAFEGUARDING_REVIEW = "safeguarding_review"
-    AUDIT = "audit"
-    COURT_ORDER = "court_order"
-    SUBJECT_ACCESS_REQUEST = "subject_access_request"
-    "The child or guardian asked for their data."
-    INCIDENT_INVESTIGATION = "incident_investigation"
-
-
-class Role(StrEnum):
-    CASEWORKER = "caseworker"
-    SUPERVISOR = "supervisor"
-    AUDITOR = "auditor"
-    DATA_PROTECTION_OFFICER = "data_protection_officer"
-    OPERATOR = "operator"
 
 
 class AccessRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

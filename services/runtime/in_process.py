@@ -24,12 +24,24 @@ SECTOR_APPS = {
 "Each sector's service as its own deployment runs it (services/<sector>/main.py)."
 
 
+HEALTH_ORDER: tuple[Sector | str, ...] = (*Sector, "pager")
+"In one process every app serves /healthz on its own port: REFBUS_HEALTH_PORT + its place here."
+
+
+def health_port(settings: Settings, app: Sector | str) -> int | None:
+    if settings.health_port is None:
+        return None
+    return settings.health_port + HEALTH_ORDER.index(app)
+
+
 @asynccontextmanager
 async def sector_services(
     url: str, settings: Settings, sectors: Iterable[Sector] = tuple(Sector)
 ) -> AsyncIterator[dict[Sector, FastStream]]:
-    settings = replace(settings, nats_url=url)
-    apps = {sector: SECTOR_APPS[sector](settings) for sector in sectors}
+    apps = {
+        sector: SECTOR_APPS[sector](replace(settings, nats_url=url, health_port=health_port(settings, sector)))
+        for sector in sectors
+    }
     started: list[FastStream] = []
     try:
         for app in apps.values():
@@ -43,7 +55,7 @@ async def sector_services(
 
 @asynccontextmanager
 async def history_pager(url: str, settings: Settings) -> AsyncIterator[FastStream]:
-    app = pager_app(replace(settings, nats_url=url))
+    app = pager_app(replace(settings, nats_url=url, health_port=health_port(settings, "pager")))
     await app.start()
     try:
         yield app

@@ -10,6 +10,9 @@ from nats.aio.client import Client as NATS
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.gateway.config import GatewayConfig
+from refbus.services.gateway.external import ExternalSector
+from refbus.services.gateway.runtime import GatewayRuntime
 from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime.app import service_app
 from refbus.services.runtime.settings import Settings
@@ -21,10 +24,18 @@ log = structlog.get_logger(__name__)
 PolicyFactory = Callable[[Settings], SectorPolicy]
 
 
-def sector_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers: int = WORKERS) -> FastStream:
-    """One sector's service as an app: started, it consumes the sector's inbox."""
+def sector_app(
+    sector: Sector,
+    policy: SectorPolicy,
+    settings: Settings,
+    workers: int = WORKERS,
+    gateway: GatewayConfig | None = None,
+) -> FastStream:
+    """One sector's service as an app: started, it consumes the sector's inbox and serves as the
+    sector's gateway (services/gateway: commands over HTTP and NATS, webhook delivery)."""
     inboxes: list[Inbox] = []
     services: list[SectorService] = []
+    gateways: list[GatewayRuntime] = []
 
     async def start_inbox(nc: NATS) -> None:
         store = JetStreamEventStore(nc, ring=settings.keyring())
@@ -34,13 +45,19 @@ def sector_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers
         inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
         await inboxes[0].start()
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
+        config = gateway or GatewayConfig.from_env(sector, settings.data_dir)
+        gateways.append(GatewayRuntime(sector, config))
+        await gateways[0].start(nc, service.store, service.id_key, settings.ack_wait)
 
     async def stop_inbox() -> None:
+        for runtime in gateways:
+            await runtime.stop()
         for inbox in inboxes:
             await inbox.stop(wait=5.0)
 
     app = service_app(sector.value, settings, start_inbox, stop_inbox)
     app.services = services  # type: ignore[attr-defined]  # for tests: the service once started
+    app.gateways = gateways  # type: ignore[attr-defined]  # for tests: the gateway once started
     return app
 
 
@@ -49,6 +66,8 @@ def app_factory(sector: Sector, build_policy: PolicyFactory) -> Callable[..., Fa
 
     def create_app(settings: Settings | None = None) -> FastStream:
         settings = settings or Settings.from_env()
-        return sector_app(sector, build_policy(settings), settings)
+        gateway = GatewayConfig.from_env(sector, settings.data_dir)
+        policy = ExternalSector(sector) if gateway.external else build_policy(settings)
+        return sector_app(sector, policy, settings, gateway=gateway)
 
     return create_app

@@ -277,9 +277,26 @@ _SECTOR = {
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.inbox-{s}"): "pull requests on its inbox",
     ("pub", "$JS.ACK.REFBUS.inbox-{s}.>"): "ack, nak, term its inbox deliveries",
     ("sub", "_INBOX.{s}.>"): "its own replies and pull deliveries (reply prefix _INBOX.{s})",
+    # its gateway (services/gateway, issue 15)
+    ("sub", "refbus.cmd.{s}.*"): "take its own system's commands (NATS request/reply, queue group gateway-{s})",
+    ("pub", "_INBOX.{s}-system.>"): "answer them: replies go to its system's reply prefix only",
+    ("pub", "$JS.API.DIRECT.GET.REFBUS"): "the events feed: events addressed to it after a sequence (next_by_subj)",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS.webhook-{s}"): "does its webhook consumer exist (ensure_consumer)",
+    ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.webhook-{s}.refbus.ev.*.*.{s}"):
+        "create its webhook consumer, on its inbox filter only (10131)",
+    ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.webhook-{s}"): "pull the next delivery for its system",
+    ("pub", "$JS.ACK.REFBUS.webhook-{s}.>"): "ack a delivery once its system answered 2xx",
+}
+_SYSTEM = {
+    ("pub", "refbus.cmd.{s}.*"): "send commands to its own sector's gateway, nothing else (no stream access)",
+    ("sub", "_INBOX.{s}-system.>"): "the gateway's replies (reply prefix _INBOX.{s}-system)",
 }
 PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
     **{s.value: {(d, p.format(s=s.value)): why.format(s=s.value) for (d, p), why in _SECTOR.items()} for s in Sector},
+    **{
+        f"{s.value}-system": {(d, p.format(s=s.value)): why.format(s=s.value) for (d, p), why in _SYSTEM.items()}
+        for s in Sector
+    },
     "pager": {
         ("pub", "refbus.page.*"): "write a child's manifest pages",
         ("pub", "refbus.pagedata.*"): "write a child's other pages",
@@ -315,7 +332,7 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     """Each user's allowed (direction, subject) pairs in nats-permissions.conf."""
     blocks = dict(re.findall(r"^(\w+_PERMISSIONS) = \{(.*?)^\}", text, re.S | re.M))
     users: dict[str, dict[tuple[str, str], None]] = {}
-    for user, rest in re.findall(r"\{ user: (\w+), password: [^,}]+(.*?)\}$", text, re.M):
+    for user, rest in re.findall(r"\{ user: ([\w-]+), password: [^,}]+(.*?)\}$", text, re.M):
         perms = re.search(r"permissions: \$(\w+)", rest)
         if perms is None:
             continue
@@ -333,7 +350,7 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
 def test_every_allow_has_a_reason() -> None:
     text = PERMISSIONS_CONFIG.read_text()
     configured = configured_permissions(text)
-    every_user = set(re.findall(r"\{ user: (\w+),", text))
+    every_user = set(re.findall(r"\{ user: ([\w-]+),", text))
     assert every_user == set(configured) | set(UNRESTRICTED)
     for user, allowed in configured.items():
         reasons = PERMISSIONS.get(user, {})
@@ -348,7 +365,7 @@ def helm_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     users: dict[str, dict[tuple[str, str], None]] = {}
     user, direction = "", ""
     for line in text.splitlines():
-        if found := re.match(r"\s+- user: (\w+)", line):
+        if found := re.match(r"\s+- user: ([\w-]+)", line):
             user, direction = found.group(1), ""
         elif found := re.match(r"\s+(publish|subscribe):", line):
             direction = "pub" if found.group(1) == "publish" else "sub"
