@@ -30,53 +30,60 @@ if TYPE_CHECKING:
 KEY_OWNERS = (*(s.value for s in Sector), "bus")
 
 
+def _add_parser(
+    sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, *, parents: list[argparse.ArgumentParser],
+    help: str,
+) -> argparse.ArgumentParser:
+    return sub.add_parser(name, parents=parents, help=help, description=help[0].upper() + help[1:] + ".")
+
+
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: argparse.ArgumentParser) -> None:
-    k = sub.add_parser("keys", parents=[common], help="make the sectors' and the bus's signing keys (first run), "
+    k = _add_parser(sub, "keys", parents=[common], help="make the sectors' and the bus's signing keys (first run), "
                        "rotate or revoke one, publish the public keys to the bus")
     k.add_argument("--rotate", metavar="OWNER", choices=KEY_OWNERS, help="a new current key for this owner")
     k.add_argument("--revoke", metavar="KEY_ID", help="revoke a key: what it signs from --at on is refused")
     k.add_argument("--at", type=datetime.fromisoformat, help="revocation time (ISO 8601; default now)")
-    k.add_argument("--json", action="store_true")
+    k.add_argument("--json", action="store_true", help="the keys as JSON")
     k.set_defaults(command=cmd_keys)
 
-    v = sub.add_parser("verify", parents=[common], help="check every signature, chain and seal of the log; "
+    v = _add_parser(sub, "verify", parents=[common], help="check every signature, chain and seal of the log; "
                        "exit 1 naming the first bad event")
     v.add_argument("--child", help="only this child's events (signatures and chain; seals cover the whole log)")
     v.add_argument("--since", type=int, metavar="SEQ", help="start at the newest seal before SEQ")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--json", action="store_true", help="the report as JSON (no progress bar)")
     v.add_argument("--stream", help=argparse.SUPPRESS)  # tests: a copy of the log's shape
     v.set_defaults(command=cmd_verify)
 
-    s = sub.add_parser("seal", parents=[common], help="seal the log now (the pager's service does it every minute)")
+    s = _add_parser(sub, "seal", parents=[common], help="seal the log now (the pager's service does it every minute)")
     s.set_defaults(command=cmd_seal)
 
     reader = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    reader.add_argument("child")
+    reader.add_argument("child", help="pseudonymous child reference, c + 16 hex digits")
     reader.add_argument("--purpose", choices=[p.value for p in Purpose],
                         help="why you read this child's data (required; recorded in the access trail)")
     reader.add_argument("--as", dest="who", help="who reads (default: REFBUS_USER or the login name)")
     reader.add_argument("--role", choices=[r.value for r in Role], help="default: REFBUS_ROLE or auditor")
 
-    t = sub.add_parser("timeline", parents=[common, reader], help="one child's verified timeline as a "
+    t = _add_parser(sub, "timeline", parents=[common, reader], help="one child's verified timeline as a "
                        "self-contained HTML page (records the read in the access trail)")
-    t.add_argument("--html", type=Path, required=True, metavar="FILE")
+    t.add_argument("--html", type=Path, required=True, metavar="FILE", help="write the page here")
     t.set_defaults(command=cmd_timeline)
 
-    e = sub.add_parser("export", parents=[common, reader], help="one child's referrals as an HL7 FHIR R4 Bundle "
+    e = _add_parser(sub, "export", parents=[common, reader], help="one child's referrals as an HL7 FHIR R4 Bundle "
                        "(records the read in the access trail)")
     e.add_argument("--fhir", action="store_true", required=True, help="FHIR R4 Bundle (the one format so far)")
     e.add_argument("--out", type=Path, help="file (default: stdout)")
     e.set_defaults(command=cmd_export)
 
-    r = sub.add_parser("replay", parents=[common], help="rebuild the read models (open referrals per sector, "
+    r = _add_parser(sub, "replay", parents=[common], help="rebuild the read models (open referrals per sector, "
                        "outcomes per dimension, time to decision per sector pair) from the log; resumable")
     r.add_argument("--out", type=Path, help="folder (default: <data dir>/projections)")
     r.add_argument("--restart", action="store_true", help="from position zero, ignoring the checkpoint")
     r.set_defaults(command=cmd_replay)
 
-    a = sub.add_parser("access", parents=[common], help="who read a child's history or export, when, why")
-    a.add_argument("child")
-    a.add_argument("--json", action="store_true")
+    a = _add_parser(sub, "access", parents=[common], help="who read a child's history or export, when, why")
+    a.add_argument("child", help="pseudonymous child reference, c + 16 hex digits")
+    a.add_argument("--json", action="store_true", help="the reads as JSON")
     a.set_defaults(command=cmd_access)
 
 
