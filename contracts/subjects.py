@@ -23,6 +23,9 @@ STREAM = "REFBUS"
 CHILD_INDEX_STREAM = "REFBUS_CHILDREN"
 DEAD_LETTER_STREAM = "REFBUS_DEAD_LETTERS"
 PAGES_STREAM = "REFBUS_PAGES"
+SEALS_STREAM = "REFBUS_SEALS"
+KEYS_STREAM = "REFBUS_KEYS"
+ACCESS_STREAM = "REFBUS_ACCESS"
 
 NO_SECTOR = "none"
 
@@ -31,6 +34,20 @@ CHILD_INDEX_SUBJECTS = f"{PREFIX}.child.>"
 DEAD_LETTER_SUBJECTS = f"{PREFIX}.dead.>"
 PAGER_CHECKPOINT = f"{PREFIX}.pager.checkpoint"
 PAGES_SUBJECTS = (f"{PREFIX}.page.*", f"{PREFIX}.pagedata.*", PAGER_CHECKPOINT)
+# Tamper evidence (services/audit): the bus's signed seals of the log, the public keys, who looked.
+SEAL_SUBJECT = f"{PREFIX}.seal"
+KEYS_SUBJECTS = f"{PREFIX}.keys.*"
+ACCESS_SUBJECTS = f"{PREFIX}.access.*"
+
+
+def key_subject(key_id: str) -> str:
+    """One key's public record (the newest: a revocation, if any)."""
+    return f"{PREFIX}.keys.{key_id}"
+
+
+def access_subject(child: str) -> str:
+    """Who read one child's history or export."""
+    return f"{PREFIX}.access.{child}"
 
 # Index transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
 CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from refbus import dead
+from refbus import audit_commands, dead
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.gateway_cli import extend_up
 from refbus.services.runtime.settings import Settings, SettingsError, check_log_level
@@ -304,6 +304,7 @@ def _core_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _core_commands,
     dead.add_commands,
+    audit_commands.register,  # keys, verify, seal, timeline, export, access, replay (issue 16)
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]
 

@@ -109,6 +109,13 @@ def delivered_position(reply: str) -> tuple[int, int]:
     return int(tokens[at]), int(tokens[at + 2])
 
 
+def delivered_pending(reply: str) -> int:
+    """How many messages of the consumer's filter remain after this one, from its ack subject."""
+    tokens = reply.split(".")
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at + 3])
+
+
 # -- time stamps -----------------------------------------------------------------------------------
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -19,6 +19,12 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     event: AnyEvent | None
     error: str | None = None
     "Why the stored message is not taken as an event (undecodable, or its payload and subject disagree)."
+    chain: str | None = None
+    "Its Refbus-Chain header: place and hash in the child's chain (services/audit/proof.py)."
+    key: str | None = None
+    "Its Refbus-Key header: the key that signs it."
+    sig: str | None = None
+    "Its Refbus-Sig header, on the last event of a signing group."
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

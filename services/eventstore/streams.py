@@ -100,6 +100,31 @@ def dead_letter_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def seals_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.SEALS_STREAM,
+        description="refbus: the bus's signed seals of the log (services/audit/seal.py)",
+        subjects=[subjects.SEAL_SUBJECT],
+        num_replicas=replicas,
+    )
+
+
+def keys_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.KEYS_STREAM,
+        description="refbus: public signing keys, certified by the bus; the newest record per key wins",
+        subjects=[subjects.KEYS_SUBJECTS],
+        num_replicas=replicas,
+    )
+
+
+def access_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.ACCESS_STREAM,
+        description="refbus: who read which child's history or export, why (signed, append-only)",
+        subjects=[subjects.ACCESS_SUBJECTS],
+        num_replicas=replicas,
+    )
 
 
 async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
@@ -111,6 +136,9 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
         child_index_config(replicas),
         pages_config(replicas),
         dead_letter_config(replicas),
+        seals_config(replicas),
+        keys_config(replicas),
+        access_config(replicas),
     ):
         while True:
             try:

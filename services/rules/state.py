@@ -67,6 +67,13 @@ class ChildState:
     consent: set[Sector] = field(default_factory=set)
     "Sectors the guardian currently consents may receive referrals."
     referrals: dict[UUID, Referral] = field(default_factory=dict)
+    chain_pos: int = 0
+    "How many events the child's hash chain holds (set by the store's read, not by the fold)."
+    chain_hash: bytes = b"\0" * 32
+    "The chain hash of the child's newest event: the next event links on it (services/audit/proof.py)."
+    chain_seq: int = 0
+    """The sequence whose link chain_pos/chain_hash are: a state folded from events alone has none
+    for its last_seq, and the store then reads the link before appending."""
 
 
 def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:

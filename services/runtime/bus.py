@@ -27,6 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError
 
 from refbus.contracts import subjects
+from refbus.services.audit import keys
 from refbus.services.eventstore import streams
 from refbus.services.runtime.embedded import (
     EmbeddedNats,
@@ -310,6 +311,12 @@ async def open_bus(
                 raise BusUnavailable(f"cannot provision the streams at {safe_url(url)}: {text}") from None
         else:
             await require_streams(nc, url)
+        ring = settings.keyring()
+        keys.install(ring)  # what this process writes is signed with the deployment's keys
+        try:
+            await keys.publish(nc, ring, wait=2.0)
+        except Exception as exc:  # a user that may not publish keys, a bus without REFBUS_KEYS: reads still work
+            log.warning("keys_not_published", error=repr(exc))
         if announce:
             print(description, file=sys.stderr, flush=True)
         yield Bus(nc, url, server, description, record)

@@ -11,7 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from refbus.services.audit.keys import Keyring
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_PORT = 4222
@@ -57,6 +60,15 @@ class Settings:
     " (REFBUS_SIM_MAX_AGE_DAYS, default 7 from the environment); None: they work every referral."
     log_level: str | None = None
     "REFBUS_LOG_LEVEL; None: INFO (to a file under the data dir for `up` and `demo`)."
+    seal_interval_s: float = 60.0
+    "How often the bus seals the log (services/audit/seal.py)."
+
+    def keyring(self) -> "Keyring":
+        """The sectors' and the bus's signing keys, in <data_dir>/secrets/keys/ (made on first use,
+        readable by their owner only; `refbus keys` makes, rotates and revokes them)."""
+        from refbus.services.audit import keys
+
+        return keys.ensure(self.data_dir)
 
     def event_id_key(self) -> bytes:
         """The deployment's event-id key: from the environment, else the data dir's (made on first
@@ -100,6 +112,7 @@ class Settings:
                 env, "REFBUS_SIM_MAX_AGE_DAYS", float, "a number of days", 7.0, minimum=0
             ),
             "log_level": check_log_level(env.get("REFBUS_LOG_LEVEL") or None, "REFBUS_LOG_LEVEL"),
+            "seal_interval_s": float(env.get("REFBUS_SEAL_INTERVAL_S", "60")),
         }
         key = values["event_id_key_hex"]
         if key is not None:

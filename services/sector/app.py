@@ -39,7 +39,8 @@ def sector_app(
     gateways: list[GatewayRuntime] = []
 
     async def start_inbox(nc: NATS) -> None:
-        service = SectorService(sector, policy, JetStreamEventStore(nc), settings.event_id_key())
+        store = JetStreamEventStore(nc, ring=settings.keyring())
+        service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
         inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
