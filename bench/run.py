@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 import nats
+from audit import measure as audit_measure  # bench/audit.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
 from nats.js.api import DeliverPolicy
 
@@ -35,6 +36,7 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
 from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
+from refbus.services.audit import keys
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.bulk import BulkWriter
 from refbus.services.eventstore.jetstream import new_batch_id
@@ -518,7 +520,8 @@ async def measure_log(
     raw_config = streams.log_config()
     raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
     await js.add_stream(raw_config)
-    eventlog = JetStreamEventStore(nc, timeout=10)
+    # Every guarantee on: events signed by their sector and chained (docs/decisions/0011).
+    eventlog = JetStreamEventStore(nc, timeout=10, ring=keys.ensure(pilot_file.parent / "keys"))
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
     paging: dict[str, float] = {}
     pager.start()
@@ -651,6 +654,8 @@ async def run(workdir: Path) -> dict[str, object]:
         results["end_to_end_by_rate"][str(rate)] = {k: run_at[k] for k in kept}
     print("gateways: commands over HTTP and NATS request/reply, stepped rates ...", flush=True)
     results["gateway"] = await gateway_bench(workdir / "gateway")  # bench/gateway.py
+    print("audit: appends unsigned and signed, replay and verify (100,000 events) ...", flush=True)
+    results["audit"] = await audit_measure(100_000)  # bench/audit.py
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
     return results
@@ -720,6 +725,12 @@ def table(results: dict) -> str:
                 f"{'gateway ' + transport + ': sustained cmds/s (p99<50ms)':<46}{sustained:>14}"
                 f"   (last step {top['offered_per_s']}/s: p50/p99 {latency['p50']}/{latency['p99']})   >= 1,000"
             )
+    if "audit" in results:
+        au = results["audit"]
+        lines.append(f"{'append signed+chained / unsigned, events/s':<46}{au['append_signed_chained_per_s']:>14,}"
+                     f"{au['append_unsigned_per_s']:>14,}{au['append_ratio']:>8}   (100k; signing's own cost)")
+        lines.append(f"{'verify / replay, events/s':<46}{au['verify_per_s']:>14,}{au['replay_per_s']:>14,}"
+                     f"{au['verify_ratio']:>8}   >= 0.5")
     memory = e["service_peak_rss_mb"]
     lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
     return "\n".join(lines)
