@@ -23,6 +23,9 @@ from refbus.services.eventstore import jetstream
 log = structlog.get_logger(__name__)
 
 SEAL_INTERVAL_S = 60.0
+# A seal covers at most this many new messages: a sealer far behind (a bulk load) catches up seal by
+# seal, and an interrupted pass loses only its last stretch.
+MAX_EVENTS_PER_SEAL = 100_000
 
 
 class Seal(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +37,14 @@ class Seal(msgspec.Struct, frozen=True, kw_only=True):
 
     def signed_part(self) -> bytes:
         return proof.SEAL_DOMAIN + msgspec.json.encode((self.last_seq, self.log_hash, self.sealed_at))
+
+
+_starts: dict[int, int] = {}
+"Where each seal this process made began (for the sealer's catching up)."
+
+
+def seal_start(seal: Seal) -> int:
+    return _starts.pop(seal.last_seq, 0)
 
 
 def log_step(prev: bytes, seq: int, subject: str, chain_header: str, data: bytes) -> bytes:
@@ -100,14 +111,18 @@ async def seal_now(nc: NATS, ring: Keyring, wait: float = 5.0) -> Seal | None:
                                "this bus: refusing to continue its hash")
     log_hash, last = (previous.log_hash, previous.last_seq) if previous else (proof.GENESIS, 0)
     reader = LogReader(nc, wait)
+    start = last
     async for seq, _ns, subject, headers, data in raw_replay(reader, last + 1):
         log_hash = log_step(log_hash, seq, subject, headers.get(proof.CHAIN, ""), data)
         last = seq
+        if last - start >= MAX_EVENTS_PER_SEAL:
+            break
     if previous is not None and last == previous.last_seq:
         return None
     if last == 0:
         return None
     seal = make_seal(ring, last, log_hash)
+    _starts[seal.last_seq] = start
     js = nc.jetstream(timeout=wait)
     try:
         await js.publish(
@@ -123,12 +138,16 @@ async def seal_now(nc: NATS, ring: Keyring, wait: float = 5.0) -> Seal | None:
 
 
 async def sealer(nc: NATS, ring: Keyring, interval: float = SEAL_INTERVAL_S) -> None:
-    """Seal every `interval` seconds until cancelled."""
+    """Seal every `interval` seconds until cancelled; far behind, seal after seal until caught up."""
     while True:
         try:
-            seal = await seal_now(nc, ring)
-            if seal is not None:
+            while True:
+                seal = await seal_now(nc, ring)
+                if seal is None:
+                    break
                 log.info("log_sealed", last_seq=seal.last_seq)
+                if seal.last_seq - seal_start(seal) < MAX_EVENTS_PER_SEAL:
+                    break
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep sealing: the next interval retries
