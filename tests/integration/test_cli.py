@@ -19,17 +19,19 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from refbus.cli import _parser
+from refbus.contracts.events import ReferralAccepted, ReferralCompleted
+from refbus.contracts.vocabulary import Outcome
 from refbus.registry import pilot_events, write_jsonl
 from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats, free_port, read_record
 from refbus.services.runtime.in_process import HEALTH_ORDER
-from tests.factories import new_child, request
+from tests.factories import answer, new_child, request
 from tests.integration import secured as secured_users
 
 pytestmark = pytest.mark.integration
@@ -41,7 +43,8 @@ BOUND = 30.0
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFBUS_")}
-    env.update(REFBUS_DATA_DIR=str(data_dir), REFBUS_PORT=str(free_port()), REFBUS_MONITOR_PORT=str(free_port()))
+    env.update(REFBUS_DATA_DIR=str(data_dir), REFBUS_PORT=str(free_port()), REFBUS_MONITOR_PORT=str(free_port()),
+               REFBUS_PURPOSE="audit")  # every history read is recorded, with its purpose
     env.update(extra)
     return env
 
@@ -464,3 +467,40 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+# --- Auditors' reads (issue 16) ----------------------------------------------------------------
+
+
+def test_a_history_read_needs_a_purpose_and_is_recorded(up: Up) -> None:
+    child = new_child()
+    refbus("refer", "--child", child, "--from", "social", "--to", "health", "--service",
+           "family_doctor_registration", "--dimension", "health", env=up.env)
+    no_purpose = {k: v for k, v in up.env.items() if k != "REFBUS_PURPOSE"}
+    failure(refbus("history", child, env=no_purpose), 2, "needs --purpose")
+    read = refbus("history", child, "--purpose", "case_work", "--as", "w1a2b3c4d", "--role", "caseworker", env=up.env)
+    assert read.code == 0 and "verified: " in read.err, read.err
+    trail = refbus("access", child, "--json", env=up.env)
+    assert trail.code == 0
+    records = json.loads(trail.out)
+    assert any(r["who"] == "w1a2b3c4d" and r["purpose"] == "case_work" for r in records), records
+
+
+def test_as_of_shows_each_referral_as_the_log_held_it(up: Up, tmp_path: Path) -> None:
+    """A referral accepted before T and completed after it shows accepted as of T, in the time the
+    facts happened (a past case, imported), and completed as of its completion."""
+    child = new_child()
+    t0 = datetime(2025, 3, 2, 9, 0, tzinfo=UTC)
+    req = msgspec.structs.replace(request(child), occurred_at=t0)
+    accepted = msgspec.structs.replace(answer(ReferralAccepted, req), occurred_at=t0 + timedelta(days=1))
+    completed = msgspec.structs.replace(answer(ReferralCompleted, req, outcome=Outcome.SERVICE_DELIVERED),
+                                        occurred_at=t0 + timedelta(days=10))
+    registry = tmp_path / "case.jsonl"
+    write_jsonl([req, accepted, completed], registry)
+    assert refbus("import", str(registry), env=up.env).code == 0
+    between = refbus("history", child, "--as-of", "2025-03-05T00:00+00:00", env=up.env)
+    assert between.code == 0, between.err
+    then = between.out.split("as of ", 1)[1]
+    assert "social -> health  accepted" in then, between.out
+    after = refbus("history", child, "--as-of", "2025-03-20T00:00+00:00", env=up.env)
+    assert "social -> health  completed" in after.out.split("as of ", 1)[1], after.out
