@@ -9,8 +9,8 @@ from nats.aio.client import Client as NATS
 
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.rules.policy import SectorPolicy
+from refbus.services.runtime import instrument
 from refbus.services.runtime.app import service_app
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.inbox import Inbox, ensure_consumer
@@ -25,16 +25,21 @@ def sector_app(sector: Sector, policy: SectorPolicy, settings: Settings, workers
     """One sector's service as an app: started, it consumes the sector's inbox."""
     inboxes: list[Inbox] = []
     services: list[SectorService] = []
+    samplers: list[instrument.LagSampler] = []
 
     async def start_inbox(nc: NATS) -> None:
-        service = SectorService(sector, policy, JetStreamEventStore(nc), settings.event_id_key())
+        service = SectorService(sector, policy, instrument.event_store(nc), settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
-        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
+        handle = instrument.handler(sector, service.handle)  # service.handle itself with REFBUS_METRICS=0
+        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, handle, workers))
         await inboxes[0].start()
+        samplers.extend(filter(None, [instrument.lag_sampler(nc, sector, service.consumer_name)]))
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
 
     async def stop_inbox() -> None:
+        for sampler in samplers:
+            await sampler.stop()
         for inbox in inboxes:
             await inbox.stop(wait=5.0)
 

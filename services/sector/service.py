@@ -26,6 +26,7 @@ from refbus.services.rules.decisions import onward_request, receipt, step_event
 from refbus.services.rules.lifecycle import IllegalEvent, check
 from refbus.services.rules.policy import SectorPolicy, Step
 from refbus.services.rules.state import ChildState, apply, fold
+from refbus.services.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +115,7 @@ class SectorService:
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
+                metrics.handler_failed(self.sector)
                 await raw.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
                 return
             finally:
@@ -232,4 +234,5 @@ class SectorService:
             set_aside_at=self.clock(),
         )
         await self.store.set_aside(self.sector.value, record)
+        metrics.set_aside(self.sector, reason)  # refbus_dead_letters_total (and refusals by rule): codes only
         log.warning("set_aside", seq=seq, reason=reason)
