@@ -23,6 +23,7 @@ from refbus.community import community
 from refbus.contracts import documents
 from refbus.contracts.events import ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
+from refbus.monitor import add_commands as add_monitor_commands
 from refbus.registry import checkpoint_path, import_jsonl, print_progress
 from refbus.services.eventstore.bulk import write_all
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", parents=[common], help="write JSON Schema + AsyncAPI from the contracts")
     schema.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
     schema.set_defaults(command=cmd_schema)
+    add_monitor_commands(sub, common)  # refbus/monitor.py: `refbus monitor`, `refbus exporter`
     return parser
 
 
