@@ -130,15 +130,20 @@ class LogFollower:
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
+        """Follow the log; if that is refused (no stream yet, no permission), `error` says so and a
+        later `start` tries again."""
+        if self._subscription is not None:
+            return
         js = self.nc.jetstream()
         try:
             self._subscription = await js.subscribe(
                 subjects.LOG_SUBJECTS, stream=subjects.STREAM, cb=self._on_message, ordered_consumer=True,
                 headers_only=True, deliver_policy=DeliverPolicy.ALL,
             )
-        except Exception as exc:  # e.g. the operator user may not create consumers on REFBUS
+            self.error = None
+        except Exception as exc:  # no stream yet, or a user that may not create consumers on REFBUS
             self.error = f"cannot follow the log: {type(exc).__name__}"
-            log.warning("log_follow_refused", error=repr(exc))
+            log.info("log_follow_refused", error=repr(exc))
 
     async def stop(self) -> None:
         if self._subscription is not None:

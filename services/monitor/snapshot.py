@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from refbus.contracts import subjects
 from refbus.services.monitor import server_state
@@ -60,6 +61,7 @@ class Monitor:
         await self.follower.stop()
 
     async def refresh(self) -> None:
+        await self.follower.start()  # again, if the log could not be followed yet
         self.server = await server_state.read(self.nc, self.config.monitor_url)
         try:
             self.dead_letters = await server_state.dead_letters(self.nc)
@@ -82,8 +84,10 @@ class Monitor:
         last = self.server.streams.get(subjects.STREAM)
         last_seq = last.last_seq if last is not None else 0
         if last is None:
-            info = await self.nc.jetstream().stream_info(subjects.STREAM)
-            last_seq = info.state.last_seq
+            try:
+                last_seq = (await self.nc.jetstream().stream_info(subjects.STREAM)).state.last_seq
+            except NotFoundError:  # no log yet: nothing to count
+                return True
         return await self.follower.caught_up(last_seq, within)
 
     def services(self) -> dict[str, str]:
