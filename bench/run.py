@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import metrics_cost  # bench/metrics_cost.py: the script's folder is on sys.path
 import nats
 from nats.js.api import DeliverPolicy
 
@@ -635,6 +636,8 @@ async def run(workdir: Path) -> dict[str, object]:
         results["end_to_end_by_rate"][str(rate)] = {k: run_at[k] for k in kept}
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
+    # The services' metrics off and on at the latency rate (bench/metrics_cost.py).
+    results["metrics_cost"] = await metrics_cost.compare(end_to_end, workdir / "metrics", LATENCY_RATE, LATENCY_SECONDS)
     return results
 
 
@@ -751,7 +754,15 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=int, default=LATENCY_RATE, help="end to end: referrals offered per second")
     parser.add_argument("--seconds", type=int, default=LATENCY_SECONDS, help="end to end: how long they are offered")
+    parser.add_argument("--metrics-cost", action="store_true", help="only the end-to-end run with the services' "
+                        "metrics off and on (bench/metrics_cost.py), printed as JSON")
+    parser.add_argument("--rounds", type=int, default=1, help="--metrics-cost: pairs of runs (off, on)")
     args = parser.parse_args()
+    if args.metrics_cost:
+        with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
+            cost = metrics_cost.compare(end_to_end, args.workdir or Path(tmp), args.rate, args.seconds, args.rounds)
+            print(json.dumps(asyncio.run(cost), indent=2))
+        return 0
     if args.e2e_only:
         with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
             print(json.dumps(asyncio.run(end_to_end(args.workdir or Path(tmp), args.rate, args.seconds)), indent=2))

@@ -1,0 +1,67 @@
+"""What the services' metrics cost: the end-to-end run with REFBUS_METRICS on and off, same run,
+same rate, alternating (off, on, off, on, ...) so that drift on a shared machine hits both alike.
+
+Budget (issue 18): metrics on may cost at most 5% of end-to-end throughput and 2 ms of the
+request -> received p99. Throughput here is referrals handled per second of the run until every
+inbox drained (offered referrals / drained_after_s): at an offered rate the services keep up with,
+it is the offered rate, and it falls when they fall behind.
+
+    .venv/bin/python bench/run.py --metrics-cost --rate 500 --seconds 30
+"""
+
+import os
+import statistics
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+EndToEnd = Callable[[Path, int, int], Awaitable[dict[str, object]]]
+THROUGHPUT_BUDGET = 0.05
+P99_BUDGET_MS = 2.0
+
+
+def _figures(run: dict[str, object]) -> dict[str, float]:
+    received = run["request_to_received_ms"]  # type: ignore[index]
+    return {
+        "offered_referrals_per_s": float(run["offered_referrals_per_s"]),  # type: ignore[arg-type]
+        "throughput_referrals_per_s": round(float(run["referrals"]) / float(run["drained_after_s"]), 1),  # type: ignore[arg-type]
+        "received_p50_ms": float(received["p50"]),  # type: ignore[index]
+        "received_p99_ms": float(received["p99"]),  # type: ignore[index]
+        "drained_after_s": float(run["drained_after_s"]),  # type: ignore[arg-type]
+        "cpu_services": round(
+            sum(v for k, v in run["cpu_share_of_one_core"].items() if k not in ("nats-server", "generator")), 2  # type: ignore[union-attr]
+        ),
+    }
+
+
+async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, rounds: int = 1) -> dict[str, object]:
+    """`rounds` pairs of runs (off then on); the median of each mode's figures, and the verdict."""
+    runs: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
+    before = os.environ.get("REFBUS_METRICS")
+    try:
+        for round_ in range(rounds):
+            for mode in ("off", "on"):
+                # The services are subprocesses that inherit this environment (bench/run.py start_services).
+                os.environ["REFBUS_METRICS"] = "1" if mode == "on" else "0"
+                print(f"metrics {mode}: {rate}/s for {seconds} s (round {round_ + 1}/{rounds}) ...", flush=True)
+                runs[mode].append(_figures(await end_to_end(workdir / f"metrics-{mode}-{round_}", rate, seconds)))
+    finally:
+        if before is None:
+            os.environ.pop("REFBUS_METRICS", None)
+        else:
+            os.environ["REFBUS_METRICS"] = before
+    median = {mode: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for mode, rs in runs.items()}
+    on, off = median["on"], median["off"]
+    throughput_cost = 1 - on["throughput_referrals_per_s"] / off["throughput_referrals_per_s"]
+    p99_cost = on["received_p99_ms"] - off["received_p99_ms"]
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "rounds": rounds,
+        "metrics_off": off,
+        "metrics_on": on,
+        "runs": runs,
+        "throughput_cost": round(throughput_cost, 4),
+        "received_p99_cost_ms": round(p99_cost, 2),
+        "within_budget": throughput_cost <= THROUGHPUT_BUDGET and p99_cost <= P99_BUDGET_MS,
+        "budget": {"throughput": THROUGHPUT_BUDGET, "received_p99_ms": P99_BUDGET_MS},
+    }
