@@ -36,6 +36,8 @@ FUNNEL = ("requested", "received", "accepted", "completed")
 CLOSING = ("rejected", "failed", "cancelled", "entered-in-error")
 WORKING = ("requested", "accepted", "in-progress", "on-hold")
 RATE_WINDOW_S = 60.0
+RETRY_FOLLOW_S = 10.0
+"How often to try again to follow a log that could not be followed (not there yet, or not allowed)."
 DEADLINE_WORDS = ("overdue", "escalat", "remind", "deadline")
 "Event types of the deadlines service (whatever their exact tags): counted as deadline events."
 
@@ -128,12 +130,15 @@ class LogFollower:
         self.counts = FlowCounts()
         self.error: str | None = None
         self._subscription: Subscription | None = None
+        self._tried = -RETRY_FOLLOW_S
 
     async def start(self) -> None:
         """Follow the log; if that is refused (no stream yet, no permission), `error` says so and a
         later `start` tries again."""
-        if self._subscription is not None:
+        now = time.monotonic()
+        if self._subscription is not None or now - self._tried < RETRY_FOLLOW_S:
             return
+        self._tried = now
         js = self.nc.jetstream()
         try:
             self._subscription = await js.subscribe(
