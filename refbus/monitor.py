@@ -222,9 +222,8 @@ def render(snapshot: dict) -> Group:  # type: ignore[type-arg]
         "closed otherwise: " + ", ".join(f"{k} {funnel.get(k, 0):,}" for k in ("rejected", "failed", "cancelled"))
     )
 
-    sectors = Table(title="by sector")
-    for column in ("sector", "service", "inbox pending", "in work (ack pending)", "redelivered", "open",
-                   "overdue", "dead letters"):
+    sectors = Table(title="by sector: inbox pending, in work (delivered, not acked), open, overdue, dead letters")
+    for column in ("sector", "service", "pending", "in work", "redelivered", "open", "overdue", "dead"):
         sectors.add_column(column, justify="left" if column in ("sector", "service") else "right")
     for sector in SECTORS:
         inbox = snapshot["inboxes"][sector]
