@@ -444,7 +444,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
         await nc.close()
     finally:
         try:
-            stop_all([*services.values(), *([pager] if pager else [])])
+            stop_all([*services.values(), *([pager] if pager else [])], wait=60)  # the pager checkpoints on the way out
         finally:
             server.stop()  # also when a measurement fails: no orphaned processes
     return {
