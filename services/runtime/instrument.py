@@ -79,7 +79,7 @@ def handler(sector: Sector, handle: Callable[[Msg], Awaitable[None]]) -> Callabl
             histogram.observe(elapsed)
             try:
                 first = _delivery_count(msg.reply) == 1
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, AttributeError):  # not a JetStream delivery (no ack subject)
                 first = True
             if first:
                 tokens = msg.subject.split(".")
