@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from prometheus_client import Counter, Histogram
 
 from refbus.contracts import subjects
 from refbus.contracts.events import Event, event_type
@@ -30,18 +29,13 @@ LAG_SAMPLE_S = 5.0
 class MeteredEventStore(JetStreamEventStore):
     """The JetStream store, counting what it appends (refbus_events_out_total)."""
 
-    _counters: dict[tuple[str, str, str], Counter] = {}
-
     async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
         stored = await super().append(child, expected_last_seq, events)
+        counts = metrics.HOT.events_out
         for event in events:
+            # Sector and type values of a decoded event are the contract's own: the closed lists.
             to = event.to_sector.value if event.to_sector is not None else subjects.NO_SECTOR
-            key = (event.from_sector.value, to, event_type(event))
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counters[key] = metrics.EVENTS_OUT.labels(*(metrics.sector_label(k) for k in key[:2]),
-                                                                          metrics.type_label(key[2]))
-            counter.inc()
+            counts[(event.from_sector.value, to, event_type(event))] += 1
         return stored
 
 
@@ -62,9 +56,10 @@ def handler(sector: Sector, handle: Callable[[Msg], Awaitable[None]]) -> Callabl
     if not metrics.enabled():
         return handle
     name = sector.value
-    redelivered = metrics.REDELIVERIES.labels(name)
-    events_in: dict[tuple[str, str, str], Counter] = {}
-    latency: dict[str, Histogram] = {}
+    hot = metrics.HOT
+    # Raw (header, subject) values -> their label tuples, mapped once through the closed lists.
+    latency_keys: dict[str, tuple[str, str]] = {}
+    route_keys: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
     async def timed(msg: Msg) -> None:
         start = time.perf_counter()
@@ -73,25 +68,26 @@ def handler(sector: Sector, handle: Callable[[Msg], Awaitable[None]]) -> Callabl
         finally:
             elapsed = time.perf_counter() - start
             kind = (msg.headers or {}).get(TYPE_HEADER, "")
-            histogram = latency.get(kind)
-            if histogram is None:
-                histogram = latency[kind] = metrics.HANDLER_SECONDS.labels(name, metrics.type_label(kind))
-            histogram.observe(elapsed)
+            key = latency_keys.get(kind)
+            if key is None:
+                key = latency_keys[kind] = (name, metrics.type_label(kind)) if len(latency_keys) < 64 else (
+                    name, metrics.OTHER)
+            hot.observe_latency(key, elapsed)
             try:
                 first = _delivery_count(msg.reply) == 1
             except (ValueError, IndexError, AttributeError):  # not a JetStream delivery (no ack subject)
                 first = True
             if first:
                 tokens = msg.subject.split(".")
-                key = (tokens[-2], tokens[-1], kind) if len(tokens) == 5 else ("", "", kind)
-                counter = events_in.get(key)
-                if counter is None:
-                    counter = events_in[key] = metrics.EVENTS_IN.labels(
-                        metrics.sector_label(key[0]), metrics.sector_label(key[1]), metrics.type_label(kind)
-                    )
-                counter.inc()
+                raw = (tokens[-2], tokens[-1], kind) if len(tokens) == 5 else ("", "", kind)
+                route = route_keys.get(raw)
+                if route is None:
+                    route = (metrics.sector_label(raw[0]), metrics.sector_label(raw[1]), metrics.type_label(kind))
+                    if len(route_keys) < 256:  # raw values are anyone's: the cache stays bounded
+                        route_keys[raw] = route
+                hot.events_in[route] += 1
             else:
-                redelivered.inc()
+                hot.redeliveries[name] += 1
 
     return timed
 

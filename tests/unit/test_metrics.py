@@ -84,7 +84,7 @@ def test_what_the_helpers_count_is_exposed_without_a_child() -> None:
     metrics.webhook_delivered(Sector.JUSTICE)
     metrics.webhook_failed(Sector.JUSTICE, f"http 500 for {child}")
     labels = (metrics.sector_label(child), metrics.sector_label("health"), metrics.type_label(child))
-    metrics.EVENTS_IN.labels(*labels).inc()
+    metrics.HOT.events_in[labels] += 1  # as instrument.handler counts, with labels from the label functions
     for registry in (metrics.REGISTRY, metrics.JETSTREAM_REGISTRY):
         text = metrics.exposition(registry).decode()
         assert not metrics.CHILD_LIKE.search(text)
@@ -115,3 +115,17 @@ def test_metrics_can_be_turned_off(monkeypatch: object) -> None:
     assert not metrics.enabled()
     monkeypatch.setenv("REFBUS_METRICS", "1")  # type: ignore[attr-defined]
     assert metrics.enabled()
+
+
+def test_the_hot_path_histogram_counts_as_prometheus_does() -> None:
+    hot = metrics.HotPath()
+    for seconds in (0.0005, 0.0006, 0.003, 99.0):  # a value on a bound is in that bound's bucket (le)
+        hot.observe_latency(("health", "referral.requested"), seconds)
+    hot.events_out[("health", "social", "referral.received")] += 3
+    families = {f.name: f for f in hot.collect()}
+    samples = families["refbus_handler_seconds"].samples
+    buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.005"], buckets["10.0"], buckets["+Inf"]) == (1, 2, 3, 3, 4)
+    count = [s.value for s in families["refbus_handler_seconds"].samples if s.name.endswith("_count")]
+    assert count == [4]
+    assert [s.value for s in families["refbus_events_out"].samples] == [3]
