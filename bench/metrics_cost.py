@@ -11,8 +11,10 @@ it is the offered rate, and it falls when they fall behind.
 
 import os
 import statistics
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 EndToEnd = Callable[[Path, int, int], Awaitable[dict[str, object]]]
 THROUGHPUT_BUDGET = 0.05
@@ -31,6 +33,35 @@ def _figures(run: dict[str, object]) -> dict[str, float]:
             sum(v for k, v in run["cpu_share_of_one_core"].items() if k not in ("nats-server", "generator")), 2  # type: ignore[union-attr]
         ),
     }
+
+
+async def per_message_us(messages: int = 200_000) -> dict[str, float]:
+    """The instrumentation's own cost per delivered message, in this process: a handler that does
+    nothing, bare and wrapped as the services wrap theirs (instrument.handler, metrics on). Less
+    noisy than the end-to-end runs on a shared machine; the same every run on a quiet one."""
+    from refbus.contracts.vocabulary import Sector
+    from refbus.services.runtime import instrument
+
+    msg = SimpleNamespace(
+        subject="refbus.ev.c0123456789abcdef.social.health",
+        reply="$JS.ACK.REFBUS.inbox-health.1.100.100.1764312345000000000.0",
+        headers={"Refbus-Event-Type": "referral.requested", "Nats-Msg-Id": "x"},
+    )
+
+    async def nothing(_msg: object) -> None:
+        return None
+
+    before = os.environ.get("REFBUS_METRICS")
+    os.environ["REFBUS_METRICS"] = "1"
+    metered = instrument.handler(Sector.HEALTH, nothing)
+    os.environ.pop("REFBUS_METRICS") if before is None else os.environ.update(REFBUS_METRICS=before)
+    found = {}
+    for name, handle in (("bare", nothing), ("metered", metered)):
+        start = time.perf_counter()
+        for _ in range(messages):
+            await handle(msg)  # type: ignore[arg-type]
+        found[name] = (time.perf_counter() - start) / messages * 1e6
+    return {"bare_us": round(found["bare"], 3), "overhead_us": round(found["metered"] - found["bare"], 3)}
 
 
 async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, rounds: int = 1) -> dict[str, object]:
@@ -54,6 +85,7 @@ async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, 
     throughput_cost = 1 - on["throughput_referrals_per_s"] / off["throughput_referrals_per_s"]
     p99_cost = on["received_p99_ms"] - off["received_p99_ms"]
     return {
+        "per_message": await per_message_us(),
         "rate": rate,
         "seconds": seconds,
         "rounds": rounds,
