@@ -80,20 +80,19 @@ def _same_server(monitor_url: str, nats_url: str) -> bool:
     return int(varz.get("port", -1)) == (urlparse(nats_url.split(",")[0]).port or 4222)
 
 
+def _record(data_dir: Path) -> dict[str, object]:
+    """The data dir's record of its embedded server (`<data_dir>/server.json`: url, monitor_port, ...)
+    when `refbus up` writes one; {} otherwise."""
+    try:
+        record = json.loads((data_dir / "server.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _recorded_monitor_url(data_dir: Path) -> str | None:
-    """The embedded server's monitoring port as `refbus up` records it in the data dir, if it does."""
-    for path in (data_dir / "server.json", data_dir / "nats" / "server.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        for key in ("monitor_url", "monitoring_url"):
-            if isinstance(record.get(key), str):
-                return record[key]
-        for key in ("monitor_port", "monitoring_port", "http_port"):
-            if isinstance(record.get(key), int):
-                return f"http://127.0.0.1:{record[key]}"
-    return None
+    port = _record(data_dir).get("monitor_port")
+    return f"http://127.0.0.1:{port}" if isinstance(port, int) else None
 
 
 def monitoring_url(args: argparse.Namespace, settings: Settings, nats_url: str) -> str | None:
@@ -107,7 +106,10 @@ def monitoring_url(args: argparse.Namespace, settings: Settings, nats_url: str) 
 
 
 def _nats_url(settings: Settings) -> str:
-    return settings.nats_url or DEFAULT_NATS_URL
+    """--nats-url / REFBUS_NATS_URL, else the data dir's embedded server, else the default port. The
+    monitor never starts a server: it watches one."""
+    recorded = _record(settings.data_dir).get("url")
+    return settings.nats_url or (recorded if isinstance(recorded, str) else DEFAULT_NATS_URL)
 
 
 def _reachable(url: str) -> bool:
