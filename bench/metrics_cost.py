@@ -97,3 +97,13 @@ async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, 
         "within_budget": throughput_cost <= THROUGHPUT_BUDGET and p99_cost <= P99_BUDGET_MS,
         "budget": {"throughput": THROUGHPUT_BUDGET, "received_p99_ms": P99_BUDGET_MS},
     }
+
+
+def summary(cost: dict) -> str:  # type: ignore[type-arg]
+    off, on = cost["metrics_off"], cost["metrics_on"]
+    return (
+        f"metrics off/on at {cost['rate']}/s: throughput {off['throughput_referrals_per_s']} / "
+        f"{on['throughput_referrals_per_s']} referrals/s (cost {cost['throughput_cost']:.1%}), received p99 "
+        f"{off['received_p99_ms']} / {on['received_p99_ms']} ms (cost {cost['received_p99_cost_ms']} ms), "
+        f"{cost['per_message']['overhead_us']} us a message; within budget: {cost['within_budget']}"
+    )

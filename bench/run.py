@@ -777,6 +777,7 @@ def main() -> int:
     plot(results, RESULTS / "latest.png")
     print()
     print(table(results))
+    print(metrics_cost.summary(results["metrics_cost"]))  # type: ignore[arg-type]
     print(f"\nwritten: {RESULTS / 'latest.json'}, {RESULTS / 'latest.png'} ({results['bench_seconds']} s)")
     return 0
 
