@@ -75,6 +75,7 @@ async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, 
                 os.environ["REFBUS_METRICS"] = "1" if mode == "on" else "0"
                 print(f"metrics {mode}: {rate}/s for {seconds} s (round {round_ + 1}/{rounds}) ...", flush=True)
                 runs[mode].append(_figures(await end_to_end(workdir / f"metrics-{mode}-{round_}", rate, seconds)))
+                print(f"metrics {mode}: {runs[mode][-1]}", flush=True)  # each run as it ends
     finally:
         if before is None:
             os.environ.pop("REFBUS_METRICS", None)
