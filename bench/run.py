@@ -29,12 +29,15 @@ from pathlib import Path
 
 import metrics_cost  # bench/metrics_cost.py: the script's folder is on sys.path
 import nats
+from audit import measure as audit_measure  # bench/audit.py
+from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
 from nats.js.api import DeliverPolicy
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
 from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
 from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
+from refbus.services.audit import keys
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.bulk import BulkWriter
 from refbus.services.eventstore.jetstream import new_batch_id
@@ -181,6 +184,14 @@ def start_pager(url: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
     return subprocess.Popen(
         [sys.executable, "-m", "refbus.cli", "service", "pager"], env=env, stdout=subprocess.DEVNULL
+    )
+
+
+def start_deadlines(url: str) -> subprocess.Popen[bytes]:
+    """The deadline service as in production: its own process (`refbus service deadlines`)."""
+    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "refbus.cli", "service", "deadlines"], env=env, stdout=subprocess.DEVNULL
     )
 
 
@@ -381,15 +392,19 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
     }
 
 
-async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS) -> dict[str, object]:
+async def end_to_end(
+    workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True
+) -> dict[str, object]:
     server, server_gc = ServerGC.server(workdir)
     services: dict[Sector, subprocess.Popen[bytes]] = {}
     pager: subprocess.Popen[bytes] | None = None
+    tracker: subprocess.Popen[bytes] | None = None
     try:
         nc = await connect(server.url, "bench-e2e")
         await streams.provision(nc.jetstream())
         services = start_services(server.url)
         pager = start_pager(server.url)
+        tracker = start_deadlines(server.url) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
         eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
@@ -405,6 +420,7 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
             "nats-server": server.process.pid,
             **{s.value: p.pid for s, p in services.items()},
             "pager": pager.pid,
+            **({"deadlines": tracker.pid} if tracker else {}),
         }
         cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
         cpu_before["generator"] = time.process_time()
@@ -441,10 +457,12 @@ async def end_to_end(workdir: Path, rate: int = LATENCY_RATE, seconds: int = LAT
                 (received if isinstance(event, ReferralReceived) else accepted).append(delay)
         memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
         memory["pager"] = peak_rss_mb(pager.pid)
+        if tracker:
+            memory["deadlines"] = peak_rss_mb(tracker.pid)
         await nc.close()
     finally:
         try:
-            stop_all([*services.values(), *([pager] if pager else [])], wait=60)  # the pager checkpoints on the way out
+            stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])], wait=60)
         finally:
             server.stop()  # also when a measurement fails: no orphaned processes
     return {
@@ -503,7 +521,8 @@ async def measure_log(
     raw_config = streams.log_config()
     raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
     await js.add_stream(raw_config)
-    eventlog = JetStreamEventStore(nc, timeout=10)
+    # Every guarantee on: events signed by their sector and chained (docs/decisions/0011).
+    eventlog = JetStreamEventStore(nc, timeout=10, ring=keys.ensure(pilot_file.parent / "keys"))
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
     paging: dict[str, float] = {}
     pager.start()
@@ -634,6 +653,10 @@ async def run(workdir: Path) -> dict[str, object]:
             "server_gc_marks_ms",
         )
         results["end_to_end_by_rate"][str(rate)] = {k: run_at[k] for k in kept}
+    print("gateways: commands over HTTP and NATS request/reply, stepped rates ...", flush=True)
+    results["gateway"] = await gateway_bench(workdir / "gateway")  # bench/gateway.py
+    print("audit: appends unsigned and signed, replay and verify (100,000 events) ...", flush=True)
+    results["audit"] = await audit_measure(100_000)  # bench/audit.py
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
     # The services' metrics off and on at the latency rate (bench/metrics_cost.py).
@@ -696,6 +719,21 @@ def table(results: dict) -> str:
         lines.append(
             f"{'   at ' + rate + '/s: received p50/p99, accepted p99':<46}{got['p50']:>7}/{got['p99']}, {ok['p99']}"
         )
+    for transport in ("http", "nats"):
+        if transport in results.get("gateway", {}):
+            g = results["gateway"][transport]
+            top, sustained = g["steps"][-1], g["sustained_per_s_p99_under_50ms"]
+            latency = top["latency_ms"]
+            lines.append(
+                f"{'gateway ' + transport + ': sustained cmds/s (p99<50ms)':<46}{sustained:>14}"
+                f"   (last step {top['offered_per_s']}/s: p50/p99 {latency['p50']}/{latency['p99']})   >= 1,000"
+            )
+    if "audit" in results:
+        au = results["audit"]
+        lines.append(f"{'append signed+chained / unsigned, events/s':<46}{au['append_signed_chained_per_s']:>14,}"
+                     f"{au['append_unsigned_per_s']:>14,}{au['append_ratio']:>8}   (100k; signing's own cost)")
+        lines.append(f"{'verify / replay, events/s':<46}{au['verify_per_s']:>14,}{au['replay_per_s']:>14,}"
+                     f"{au['verify_ratio']:>8}   >= 0.5")
     memory = e["service_peak_rss_mb"]
     lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
     return "\n".join(lines)
@@ -757,6 +795,7 @@ def main() -> int:
     parser.add_argument("--metrics-cost", action="store_true", help="only the end-to-end run with the services' "
                         "metrics off and on (bench/metrics_cost.py), printed as JSON")
     parser.add_argument("--rounds", type=int, default=1, help="--metrics-cost: pairs of runs (off, on)")
+    parser.add_argument("--no-deadlines", action="store_true", help="end to end: without the deadline service")
     args = parser.parse_args()
     if args.metrics_cost:
         with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
@@ -765,7 +804,8 @@ def main() -> int:
         return 0
     if args.e2e_only:
         with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
-            print(json.dumps(asyncio.run(end_to_end(args.workdir or Path(tmp), args.rate, args.seconds)), indent=2))
+            run_e2e = end_to_end(args.workdir or Path(tmp), args.rate, args.seconds, not args.no_deadlines)
+            print(json.dumps(asyncio.run(run_e2e), indent=2))
         return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:

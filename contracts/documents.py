@@ -74,7 +74,12 @@ def json_schema() -> dict[str, Any]:
 
 
 def asyncapi() -> dict[str, Any]:
-    (_, components) = msgspec.json.schema_components([AnyEvent], ref_template="#/components/schemas/{name}")
+    from refbus.contracts import commands
+
+    command_types = list(commands.COMMANDS.values())
+    (_, components) = msgspec.json.schema_components(
+        [AnyEvent, *command_types, commands.Applied, commands.Refusal], ref_template="#/components/schemas/{name}"
+    )
     components = _bounded(components)
     components["AppendHeaders"] = APPEND_HEADERS
     names = [cls.__name__ for cls in ALL_EVENT_TYPES]
@@ -89,6 +94,22 @@ def asyncapi() -> dict[str, Any]:
         }
         for name, cls in zip(names, ALL_EVENT_TYPES, strict=True)
     }
+    for kind, cls in commands.COMMANDS.items():
+        messages[cls.__name__] = {
+            "name": kind,
+            "title": cls.__name__,
+            "summary": f"The {kind} command (request); the reply is Applied or Refusal.",
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{cls.__name__}"},
+        }
+    for cls in (commands.Applied, commands.Refusal):
+        messages[cls.__name__] = {
+            "name": cls.__name__,
+            "title": cls.__name__,
+            "summary": (cls.__doc__ or "").strip().splitlines()[0],
+            "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{cls.__name__}"},
+        }
     sectors = [s.value for s in Sector]
     channel_messages = {name: {"$ref": f"#/components/messages/{name}"} for name in names}
     return {
@@ -119,7 +140,28 @@ def asyncapi() -> dict[str, Any]:
                     },
                 },
                 "messages": channel_messages,
-            }
+            },
+            "commands": {
+                "address": f"{subjects.PREFIX}.cmd.{{sector}}.{{command}}",
+                "description": (
+                    "A sector system's commands to its sector's gateway, as NATS requests (core NATS, not stored). "
+                    "Only the user <sector>-system may publish on its sector's subjects; the gateway answers on the "
+                    "request's reply subject with Applied or Refusal (the HTTP status in `status`). Same payloads "
+                    "and refusals as the HTTP gateway (openapi.json); the rules as data in lifecycle.json."
+                ),
+                "parameters": {
+                    "sector": {"enum": sectors, "description": "The caller's own sector."},
+                    "command": {"enum": list(commands.COMMANDS), "description": "The command kind."},
+                },
+                "messages": {cls.__name__: {"$ref": f"#/components/messages/{cls.__name__}"} for cls in command_types},
+            },
+            "commandReplies": {
+                "address": None,
+                "description": "The reply subject of each command request (_INBOX.<sector>-system.…).",
+                "messages": {
+                    name: {"$ref": f"#/components/messages/{name}"} for name in ("Applied", "Refusal")
+                },
+            },
         },
         "operations": {
             "appendEvent": {
@@ -127,6 +169,16 @@ def asyncapi() -> dict[str, Any]:
                 "channel": {"$ref": "#/channels/events"},
                 "summary": "Append an event: a JetStream publish with the AppendHeaders, awaited until acknowledged.",
                 "messages": [{"$ref": f"#/channels/events/messages/{n}"} for n in names],
+            },
+            "sendCommand": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/commands"},
+                "summary": "A command to the caller's sector gateway, answered with Applied or Refusal.",
+                "messages": [{"$ref": f"#/channels/commands/messages/{c.__name__}"} for c in command_types],
+                "reply": {
+                    "channel": {"$ref": "#/channels/commandReplies"},
+                    "messages": [{"$ref": f"#/channels/commandReplies/messages/{n}"} for n in ("Applied", "Refusal")],
+                },
             },
             "receiveInbox": {
                 "action": "receive",
@@ -144,6 +196,18 @@ def rendered() -> dict[str, str]:
     return {
         "events.schema.json": json.dumps(json_schema(), indent=2, sort_keys=True) + "\n",
         "asyncapi.json": json.dumps(asyncapi(), indent=2, sort_keys=True) + "\n",
+        **_gateway_documents(),
+    }
+
+
+def _gateway_documents() -> dict[str, str]:
+    """The sector gateways' files (HTTP commands, the rules as data): generated from services/gateway,
+    imported here lazily so that the wire's modules import nothing of the services."""
+    from refbus.services.gateway import documents as gateway
+
+    return {
+        "openapi.json": json.dumps(_bounded(gateway.openapi()), indent=2, sort_keys=True) + "\n",
+        "lifecycle.json": json.dumps(gateway.lifecycle(), indent=2, sort_keys=True) + "\n",
     }
 
 

@@ -14,6 +14,7 @@ import msgspec
 from refbus.contracts.vocabulary import (
     BasicService,
     CancelReason,
+    Deadline,
     Dimension,
     ErrorReason,
     FailReason,
@@ -129,6 +130,27 @@ class ReferralEnteredInError(ReferralEvent, frozen=True, kw_only=True, tag="refe
     reason: ErrorReason
 
 
+# -- follow-up deadlines (issue 18) --------------------------------------------------------------
+
+
+class ReferralOverdue(ReferralEvent, frozen=True, kw_only=True, tag="referral.overdue"):
+    """A follow-up deadline passed: a reminder in the receiver's inbox, written as a note of the
+    receiver's own system to itself (from and to the receiver: `refbus.ev.<child>.<r>.<r>`, subjects
+    no other event uses, so the deadline service's permission reaches nothing else). Once per
+    deadline and referral; no status change."""
+
+    deadline: Deadline
+    due_at: UtcTime
+
+
+class ReferralEscalated(ReferralEvent, frozen=True, kw_only=True, tag="referral.escalated"):
+    """The same passed deadline, escalated to the referrer: a note in the referrer's own inbox (from
+    and to the referrer), for its supervisors' queue: the loop closes. Once per deadline and referral."""
+
+    deadline: Deadline
+    due_at: UtcTime
+
+
 # -- case ---------------------------------------------------------------------------------------
 
 
@@ -168,6 +190,8 @@ AnyEvent = (
     | ReferralFailed
     | ReferralCancelled
     | ReferralEnteredInError
+    | ReferralOverdue
+    | ReferralEscalated
     | CaseOpened
     | VulnerabilityIdentified
     | BasicServiceDelivered
@@ -177,7 +201,8 @@ AnyEvent = (
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
 
-# The business status each referral event moves its referral to; `received` moves none.
+# The business status each referral event moves its referral to; `received` and the deadline
+# notices move none.
 STATUS_AFTER: dict[type[ReferralEvent], Status] = {
     ReferralRequested: Status.REQUESTED,
     ReferralAccepted: Status.ACCEPTED,
@@ -189,6 +214,10 @@ STATUS_AFTER: dict[type[ReferralEvent], Status] = {
     ReferralCancelled: Status.CANCELLED,
     ReferralEnteredInError: Status.ENTERED_IN_ERROR,
 }
+
+
+DEADLINE_NOTICES: tuple[type[ReferralEvent], ...] = (ReferralOverdue, ReferralEscalated)
+"Events about a passed deadline: no business status, no step of the referral's work."
 
 
 def event_type(event: Event) -> str:

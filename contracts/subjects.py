@@ -23,6 +23,9 @@ STREAM = "REFBUS"
 CHILD_INDEX_STREAM = "REFBUS_CHILDREN"
 DEAD_LETTER_STREAM = "REFBUS_DEAD_LETTERS"
 PAGES_STREAM = "REFBUS_PAGES"
+SEALS_STREAM = "REFBUS_SEALS"
+KEYS_STREAM = "REFBUS_KEYS"
+ACCESS_STREAM = "REFBUS_ACCESS"
 
 NO_SECTOR = "none"
 
@@ -31,6 +34,20 @@ CHILD_INDEX_SUBJECTS = f"{PREFIX}.child.>"
 DEAD_LETTER_SUBJECTS = f"{PREFIX}.dead.>"
 PAGER_CHECKPOINT = f"{PREFIX}.pager.checkpoint"
 PAGES_SUBJECTS = (f"{PREFIX}.page.*", f"{PREFIX}.pagedata.*", PAGER_CHECKPOINT)
+# Tamper evidence (services/audit): the bus's signed seals of the log, the public keys, who looked.
+SEAL_SUBJECT = f"{PREFIX}.seal"
+KEYS_SUBJECTS = f"{PREFIX}.keys.*"
+ACCESS_SUBJECTS = f"{PREFIX}.access.*"
+
+
+def key_subject(key_id: str) -> str:
+    """One key's public record (the newest: a revocation, if any)."""
+    return f"{PREFIX}.keys.{key_id}"
+
+
+def access_subject(child: str) -> str:
+    """Who read one child's history or export."""
+    return f"{PREFIX}.access.{child}"
 
 # Index transform: refbus.ev.<child>.<from>.<to> -> refbus.child.<child>
 CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")
@@ -96,3 +113,30 @@ def sender_permission(sector: Sector) -> str:
 def dead_letter_subject(sector: Sector | str) -> str:
     name = sector.value if isinstance(sector, Sector) else sector
     return f"{PREFIX}.dead.{name}"
+
+
+# -- the gateways' NATS request/reply (contracts/commands.py) ----------------------------------
+# Core NATS, not JetStream: a sector system sends a command as a request and gets the gateway's
+# answer (Applied or Refusal) as the reply. Nothing on these subjects is stored as such.
+
+
+def command_subject(sector: Sector, kind: str) -> str:
+    """Where a sector system sends one kind of command to its gateway."""
+    return f"{PREFIX}.cmd.{sector.value}.{kind}"
+
+
+def command_filter(sector: Sector) -> str:
+    """Every command to one sector's gateway (what the gateway subscribes to, and what the sector
+    system's NATS user may publish to)."""
+    return f"{PREFIX}.cmd.{sector.value}.*"
+
+
+def webhook_consumer(sector: Sector) -> str:
+    """The durable consumer that feeds one sector's webhook deliveries (filter: `inbox_filter`)."""
+    return f"webhook-{sector.value}"
+
+
+def redrive_subject(sector: Sector | str) -> str:
+    """Redrive requests for one sector, in REFBUS_DEAD_LETTERS: the sector's redrive consumer reads
+    them and handles the named log message again."""
+    return f"{dead_letter_subject(sector)}.redrive"

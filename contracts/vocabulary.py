@@ -54,6 +54,19 @@ class Status(StrEnum):
     ENTERED_IN_ERROR = "entered-in-error"
 
 
+class Deadline(StrEnum):
+    """A follow-up deadline of an open referral (services/rules/deadlines.py holds the table)."""
+
+    RECEIVED = "received"
+    "The receiving system acknowledges delivery (referral.received)."
+    DECIDED = "decided"
+    "The receiver accepts or rejects."
+    RESPOND_BY = "respond_by"
+    "The referrer's own `respond_by` for the decision, when it set one."
+    COMPLETED = "completed"
+    "The referral is closed (completed, failed, cancelled...)."
+
+
 TERMINAL_STATUSES = frozenset(
     {Status.REJECTED, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.ENTERED_IN_ERROR}
 )

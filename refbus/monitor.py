@@ -19,48 +19,53 @@ import signal
 import sys
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
-
-from refbus.services.monitor.exporter import scrape
-from refbus.services.monitor.flows import FUNNEL, SECTORS
-from refbus.services.monitor.http import Response, serve
-from refbus.services.monitor.snapshot import DEFAULT_OVERDUE_AFTER_S, Monitor, MonitorConfig
-from refbus.services.monitor.web import serve_dashboard
-from refbus.services.runtime import metrics
-from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import port_open
 from refbus.services.runtime.settings import DEFAULT_NATS_URL, Settings
+
+if TYPE_CHECKING:  # the rest is imported where a command runs: `--help` answers at once
+    from rich.console import Group
+
+    from refbus.services.monitor.snapshot import Monitor
 
 DEFAULT_WEB_PORT = 8470
 DEFAULT_EXPORTER_PORT = 9470
 DEFAULT_MONITORING = "http://127.0.0.1:8222"
+DEFAULT_OVERDUE_AFTER_S = 86_400.0
+"A day: the shortest follow-up deadline (services/monitor/snapshot.py says the same)."
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common: argparse.ArgumentParser) -> None:
-    monitor = sub.add_parser("monitor", parents=[common], help="watch the bus: flows between sectors, funnel, "
-                             "backlogs, overdue, dead letters, service health (counts only)")
-    monitor.add_argument("--once", action="store_true", help="one snapshot, then exit")
-    monitor.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
-    monitor.add_argument("--web", action="store_true", help="serve the dashboard on 127.0.0.1 instead")
-    monitor.add_argument("--port", type=int, default=DEFAULT_WEB_PORT, help="the dashboard's port (--web)")
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    summary = "watch the bus: flows between sectors, the funnel, backlogs, overdue, dead letters, service health"
+    monitor = sub.add_parser(
+        "monitor", parents=[common], help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"{summary}.\n\nCounts and sector names only, never a child: the log is followed with a "
+        "headers-only consumer (no payload leaves the server). Backlogs come from the server's monitoring "
+        "endpoint, else the JetStream API. Ctrl-C stops the live view and the dashboard.",
+    )
+    monitor.add_argument("--once", action="store_true", default=False, help="print one snapshot, then exit")
+    monitor.add_argument("--json", action="store_true", default=False, help="with --once: the snapshot as JSON")
+    monitor.add_argument("--web", action="store_true", default=False,
+                         help="serve the dashboard on 127.0.0.1 instead of the terminal view")
+    monitor.add_argument("--port", type=int, default=DEFAULT_WEB_PORT, help="the dashboard's port, with --web")
     _source_options(monitor)
     monitor.add_argument("--health", action="append", default=[], metavar="SERVICE=URL",
                          help="a service's /healthz to probe (repeatable); default: its NATS connection")
     monitor.add_argument("--overdue-after", type=float, default=DEFAULT_OVERDUE_AFTER_S, metavar="SECONDS",
                          help="an open referral unchanged this long counts as overdue (default: a day)")
-    monitor.add_argument("--interval", type=float, default=1.0, help="seconds between screen updates")
+    monitor.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                         help="seconds between updates of the terminal view")
     monitor.set_defaults(command=cmd_monitor)
 
-    exporter = sub.add_parser("exporter", parents=[common], help="serve JetStream's state (streams, consumers, "
-                              "dead letters, connected services) as Prometheus metrics")
-    exporter.add_argument("--port", type=int, default=DEFAULT_EXPORTER_PORT)
-    exporter.add_argument("--host", default="127.0.0.1")
+    summary = "serve JetStream's state (streams, consumers, dead letters, services connected) for Prometheus"
+    exporter = sub.add_parser(
+        "exporter", parents=[common], help=summary,
+        description=f"{summary}.\n\nGET /metrics reads the server at each scrape. The services serve their own "
+        "metrics on their health port (docs/monitoring.md).",
+    )
+    exporter.add_argument("--port", type=int, default=DEFAULT_EXPORTER_PORT, help="the port /metrics is served on")
+    exporter.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     _source_options(exporter)
     exporter.set_defaults(command=cmd_exporter)
 
@@ -113,6 +118,8 @@ def _nats_url(settings: Settings) -> str:
 
 
 def _reachable(url: str) -> bool:
+    from refbus.services.runtime.embedded import port_open
+
     first = urlparse(url.split(",")[0])
     return first.hostname is not None and port_open(first.port or 4222, first.hostname)
 
@@ -126,6 +133,12 @@ async def _until_signalled() -> None:
 
 
 async def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+
+    from refbus.services.monitor.snapshot import Monitor, MonitorConfig
+    from refbus.services.monitor.web import serve_dashboard
+    from refbus.services.runtime.bus import connect
+
     url = _nats_url(settings)
     if not _reachable(url):
         print(f"no NATS server answers at {url} (start one with `refbus up`, or give --nats-url)", file=sys.stderr)
@@ -158,7 +171,9 @@ async def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         await nc.close()
 
 
-async def _live(monitor: Monitor, interval: float) -> None:
+async def _live(monitor: "Monitor", interval: float) -> None:
+    from rich.live import Live
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,6 +189,11 @@ async def _live(monitor: Monitor, interval: float) -> None:
 
 
 async def cmd_exporter(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.monitor.exporter import scrape
+    from refbus.services.monitor.http import Response, serve
+    from refbus.services.runtime import metrics
+    from refbus.services.runtime.bus import connect
+
     url = _nats_url(settings)
     nc = await connect(url, "refbus-exporter") if _reachable(url) else None
     monitor_url = monitoring_url(args, settings, url)
@@ -200,7 +220,14 @@ def _n(value: object) -> str:
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def render(snapshot: dict) -> Group:  # type: ignore[type-arg]
+def render(snapshot: dict) -> "Group":  # type: ignore[type-arg]
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from refbus.services.monitor.flows import FUNNEL, SECTORS
+
     flows = {(f["from"], f["to"]): f for f in snapshot["flows"]}
     matrix = Table(title="referrals: from (row) -> to (column)   total  (last minute)", expand=False)
     matrix.add_column("from \\ to")
@@ -240,7 +267,8 @@ def render(snapshot: dict) -> Group:  # type: ignore[type-arg]
     js = snapshot["jetstream"]
     footer = Text(
         f"log: {_n(log['events'])} events counted (to seq {_n(log['counted_to_seq'])} of {_n(log['last_seq'])})"
-        f"   pager: {snapshot['services'].get('pager', 'unknown')}   jetstream via {js['source']}"
+        f"   pager: {snapshot['services'].get('pager', 'unknown')}   deadlines: "
+        f"{snapshot['services'].get('deadlines', 'unknown')}   jetstream via {js['source']}"
         f"   dead letters: {snapshot['dead_letters']['total']:,}   {snapshot['at']}"
     )
     if log["follow_error"]:

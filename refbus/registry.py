@@ -3,8 +3,9 @@
 The import format is JSON Lines: one event per line, exactly as on the wire
 (contracts/schema/events.schema.json), each child's events in order. `refbus import FILE` loads it
 through group commit and keeps a checkpoint (FILE.checkpoint: the byte offset of the last line
-acknowledged by the log), so an interrupted import resumes where it stopped; lines it re-sends are
-recognised as already stored, never doubled.
+acknowledged by the log), so an interrupted import resumes where it stopped, and says how many lines
+it skipped; lines it re-sends are recognised as already stored, never doubled. Problems are placed
+by line number (1 = the file's first line, counted from the start of the file, not the checkpoint).
 """
 
 import random
@@ -119,14 +120,56 @@ def write_jsonl(events: list[Event], path: Path) -> None:
             out.write(b"\n")
 
 
+class ImportFileError(Exception):
+    """The file or its checkpoint cannot be used as they are: one line saying why and what to do."""
+
+
 @dataclass
 class ImportResult:
     lines: int
+    "Lines read by this run."
     stored: int
     duplicates: int
     refused: list[str]
     unreadable: list[str]
     seconds: float
+    skipped: int = 0
+    "Lines before the checkpoint: imported by an earlier run, not read again."
+    other_log: bool = False
+    "The checkpoint was written for another log, and so not followed."
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """How many lines end before byte `offset` (the checkpoint is always at a line's start)."""
+    count = 0
+    with open(path, "rb") as source:
+        remaining = offset
+        while remaining > 0:
+            block = source.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            count += block.count(b"\n")
+            remaining -= len(block)
+    return count
+
+
+def read_checkpoint(path: Path, log_id: str | None = None) -> tuple[int, bool]:
+    """The checkpoint's offset, and whether it was written for another log than `log_id` (then 0:
+    a checkpoint says how far *a* log acknowledged the file; a fresh log has none of it)."""
+    checkpoint = checkpoint_path(path)
+    if not checkpoint.exists():
+        return 0, False
+    text, _, written_for = checkpoint.read_text().strip().partition(" ")
+    if log_id is not None and written_for and written_for != log_id:
+        return 0, True
+    if not text.isdigit():
+        raise ImportFileError(f"{checkpoint} does not hold a byte offset ({text[:20]!r}): delete it or use --restart")
+    offset = int(text)
+    if offset > path.stat().st_size:
+        raise ImportFileError(
+            f"{checkpoint} points past the end of {path} (was the file replaced?): use --restart to read it again"
+        )
+    return offset, False
 
 
 def checkpoint_path(path: Path) -> Path:
@@ -139,49 +182,65 @@ async def import_jsonl(
     chunk: int = 20_000,
     limit: int | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    log_id: str | None = None,
 ) -> ImportResult:
-    """Import `path` from its checkpoint on. `limit` stops after that many lines (for tests of resume)."""
+    """Import `path` from its checkpoint on. `limit` stops after that many lines (for tests of resume).
+    `log_id` names the log (e.g. its stream's creation time): a checkpoint written for another log
+    is not followed, and the checkpoint written names this one."""
     # Local, buffered file reads between network round trips: not worth a thread each.
     checkpoint = checkpoint_path(path)
-    offset = int(checkpoint.read_text()) if checkpoint.exists() else 0
+    offset, other_log = read_checkpoint(path, log_id)
+    skipped = _lines_before(path, offset) if offset else 0
     size = path.stat().st_size  # noqa: ASYNC240
     writer = BulkWriter(eventlog)
     totals = WriteReport()
     unreadable: list[str] = []
     lines = 0
     started = time.perf_counter()
+    refused: list[str] = []
     with open(path, "rb") as source:  # noqa: ASYNC230
         source.seek(offset)
-        while limit is None or lines < limit:
+        at_end = False
+        while not at_end and (limit is None or lines < limit):
             batch: list[Event] = []
+            line_of: dict[object, int] = {}
             while len(batch) < chunk and (limit is None or lines < limit):
                 line = source.readline()
                 if not line:
+                    at_end = True
                     break
                 lines += 1
                 if not line.strip():
                     continue
                 try:
-                    batch.append(codec.decode(line))
+                    event = codec.decode(line)
                 except codec.UndecodableEvent as exc:
-                    unreadable.append(f"byte {source.tell() - len(line)}: {exc.reason}")
-            if not batch:
-                break
-            report = await writer.write(batch)
-            totals.stored += report.stored
-            totals.duplicates += report.duplicates
-            totals.refused += report.refused
-            offset = source.tell()
-            checkpoint.write_text(str(offset))  # everything before it is acknowledged by the log
-            if progress is not None:
-                progress(offset, size, time.perf_counter() - started)
+                    unreadable.append(f"line {skipped + lines}: {exc.reason}")
+                    continue
+                batch.append(event)
+                line_of[event.event_id] = skipped + lines
+            if batch:
+                report = await writer.write(batch)
+                totals.stored += report.stored
+                totals.duplicates += report.duplicates
+                for problem in report.refused:
+                    place = line_of.get(problem.event.event_id)
+                    refused.append(f"line {place}: refused: {problem}" if place else f"refused: {problem}")
+            if source.tell() != offset:
+                offset = source.tell()
+                # Everything before it is acknowledged by the log.
+                checkpoint.write_text(f"{offset} {log_id}" if log_id else str(offset))
+                if progress is not None:
+                    progress(offset, size, time.perf_counter() - started)
     return ImportResult(
         lines=lines,
         stored=totals.stored,
         duplicates=totals.duplicates,
-        refused=[str(r) for r in totals.refused],
+        refused=refused,
         unreadable=unreadable,
         seconds=time.perf_counter() - started,
+        skipped=skipped,
+        other_log=other_log,
     )
 
 

@@ -17,10 +17,16 @@ class Summary:
     events: int = 0
     unreadable: int = 0
     referrals: list[Referral] = field(default_factory=list)
+    open_by_child: dict[str, int] = field(default_factory=dict)
+    "Open referrals of each child that has any."
 
     @property
     def open(self) -> int:
         return sum(r.is_open for r in self.referrals)
+
+    def open_of(self, children: set[str]) -> int:
+        """Open referrals of these children (the demo waits for its own, not for older ones in the log)."""
+        return sum(n for child, n in self.open_by_child.items() if child in children)
 
     def by_pair(self) -> Counter[str]:
         return Counter(f"{r.referrer.value} -> {r.receiver.value}" for r in self.referrals)
@@ -67,4 +73,9 @@ async def summarise(store: EventStore) -> Summary:
         events=report.events,
         unreadable=report.count("unreadable"),
         referrals=report.referrals,
+        open_by_child={
+            child: n
+            for child, state in report.states.items()
+            if (n := sum(r.is_open for r in state.referrals.values()))
+        },
     )

@@ -40,14 +40,21 @@ def consumer_info_subject(stream: str, consumer: str) -> str:
     return f"{API}.CONSUMER.INFO.{stream}.{consumer}"
 
 
+def consumer_delete_subject(stream: str, consumer: str) -> str:
+    return f"{API}.CONSUMER.DELETE.{stream}.{consumer}"
+
+
 def consumer_create_subject(stream: str, consumer: str, filter_subject: str) -> str:
     """The create form that carries the filter (server 2.10+): permissions can then pin what a user's
     consumer delivers, not only its name."""
     return f"{API}.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}"
 
 
+MAX_DELIVERIES_ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+
+
 def max_deliveries_advisory(stream: str) -> str:
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.>"
+    return f"{MAX_DELIVERIES_ADVISORY_PREFIX}{stream}.>"
 
 
 # -- headers and codes -----------------------------------------------------------------------------
@@ -100,6 +107,13 @@ def delivered_position(reply: str) -> tuple[int, int]:
     tokens = reply.split(".")
     at = 5 if len(tokens) == 9 else 7
     return int(tokens[at]), int(tokens[at + 2])
+
+
+def delivered_pending(reply: str) -> int:
+    """How many messages of the consumer's filter remain after this one, from its ack subject."""
+    tokens = reply.split(".")
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at + 3])
 
 
 # -- time stamps -----------------------------------------------------------------------------------
@@ -249,6 +263,34 @@ class BatchedDirectGet:
             page.done.set_result(None)
         else:
             page.done.set_exception(RuntimeError(f"direct get: {status} {(msg.headers or {}).get('Description')}"))
+
+
+# -- pull requests ---------------------------------------------------------------------------------
+class PullRequest:
+    """The messages one pull request brings, delivered into a callback (no task or timer each)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Msg] = []
+        self.owed = 0
+        self.failure = ""
+        self.done = asyncio.Event()
+
+    def begin(self, batch: int) -> None:
+        self.messages, self.owed, self.failure = [], batch, ""
+        self.done.clear()
+
+    async def on_message(self, msg: Msg) -> None:
+        status = status_of(msg)
+        if status is None:
+            self.messages.append(msg)
+            self.owed -= 1
+            if self.owed <= 0:
+                self.done.set()
+        elif status in (NO_MESSAGES, REQUEST_EXPIRED):  # nothing (more) before it expired
+            self.done.set()
+        elif status != HEARTBEAT:  # 409: a leadership change, the consumer gone, ...
+            self.failure = f"{status} {(msg.headers or {}).get('Description')}"
+            self.done.set()
 
 
 # -- atomic batch publish (server 2.12+) ----------------------------------------------------------

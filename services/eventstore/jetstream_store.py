@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from refbus.contracts import subjects
 from refbus.contracts.events import Event
+from refbus.services.audit import keys, proof
 from refbus.services.eventstore import jetstream
 from refbus.services.eventstore.reader import LogReader
 from refbus.services.eventstore.records import DeadLetter, StoredEvent
@@ -19,15 +20,19 @@ from refbus.services.eventstore.writer import GroupCommit
 
 
 class JetStreamEventStore(EventStore):
-    def __init__(self, nc: NATS, timeout: float = 5.0) -> None:
+    def __init__(self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None) -> None:
+        """`ring`: the keys events are signed with; default: the process's (keys.install)."""
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
         self.reader = LogReader(nc, timeout)
-        self._writer = GroupCommit(nc, self._is_stored_as, timeout)
+        self._writer = GroupCommit(nc, self._is_stored_as, timeout, ring)
 
-    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
-        return await self._writer.append(child, expected_last_seq, events)
+    async def append(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
+    ) -> list[int]:
+        prev = await self._prev_link(child, expected_last_seq, prev)
+        return await self._writer.append(child, expected_last_seq, events, prev)
 
     async def _is_stored_as(self, event: Event, seq: int) -> bool:
         """The server answered 'duplicate, stored at seq': only ours if the child's event at that

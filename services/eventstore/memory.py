@@ -6,20 +6,27 @@ milliseconds. Never a substitute for the real one: the same contract tests run o
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
-from refbus.contracts import codec
+from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event
+from refbus.services.audit import keys, proof
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken, StoredEvent
 from refbus.services.eventstore.store import EventStore
 
 
 class InMemoryEventStore(EventStore):
-    def __init__(self) -> None:
+    def __init__(self, ring: keys.Keyring | None = None) -> None:
+        self.ring = ring
         self.log: list[StoredEvent] = []
+        self.messages: list[tuple[int, datetime, str, dict[str, str], bytes]] = []
+        "The log as the server would hold it: (seq, stored at, subject, headers, bytes), for verification."
+
         self.dead_letters: dict[str, list[DeadLetter]] = {}
         self._ids: dict[object, int] = {}
         self._last: dict[str, int] = {}
 
-    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
+    async def append(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
+    ) -> list[int]:
         actual = self._last.get(child, 0)
         if actual != expected_last_seq:
             raise ConcurrencyConflict(child, expected_last_seq, f"wrong last sequence: {actual}", actual)
@@ -28,10 +35,27 @@ class InMemoryEventStore(EventStore):
                 raise EventIdTaken(event, self._ids[event.event_id])
         stored = []
         now = datetime.now(UTC)
+        link = await self._prev_link(child, expected_last_seq, prev)
+        ring = self.ring or keys.installed()
+        messages = []
         for event in events:
+            payload = codec.encode(event)
+            link = proof.next_link(link, payload)
+            headers = {proof.CHAIN: proof.format_link(link)}
+            kid = ring.current(event.from_sector.value) if ring is not None else None
+            if kid is not None:
+                headers[proof.KEY] = kid
+            messages.append((subjects.event_subject(event.child, event.from_sector, event.to_sector), payload, headers))
+        if ring is not None:
+            proof.sign_messages(messages, ring.private)  # type: ignore[arg-type]
+        for event, (subject, payload, headers) in zip(events, messages, strict=True):
             seq = len(self.log) + 1
+            self.messages.append((seq, now, subject, headers, payload))
             # Through the codec, as on the wire: what is read back is what a reader of the log gets.
-            self.log.append(StoredEvent(seq, now, codec.decode(codec.encode(event))))
+            self.log.append(StoredEvent(
+                seq, now, codec.decode(payload), None, headers[proof.CHAIN], headers.get(proof.KEY),
+                headers.get(proof.SIG),
+            ))
             self._ids[event.event_id] = seq
             self._last[event.child] = seq
             stored.append(seq)

@@ -21,6 +21,7 @@ from nats.errors import Error as NatsError
 
 from refbus.contracts import codec, pages, subjects
 from refbus.contracts.pages import PagedEvent
+from refbus.services.audit import proof
 from refbus.services.eventstore import jetstream
 from refbus.services.eventstore.records import IndexBehind, StoredEvent
 
@@ -180,8 +181,8 @@ class LogReader:
             if jetstream.stored_sequence(msg) < before_index_seq
         ]
 
-    async def exists(self, seq: int) -> bool:
-        return await jetstream.direct_get(self.nc, subjects.STREAM, {"seq": seq}, self.timeout) is not None
+    async def exists(self, seq: int, stream: str = subjects.STREAM) -> bool:
+        return await jetstream.direct_get(self.nc, stream, {"seq": seq}, self.timeout) is not None
 
     async def _read(self, stream: str, subject: str, start: int = 1, bind: bool = False) -> list[StoredEvent]:
         messages = await self._batches.all_on(stream, subject, start, self.timeout)
@@ -214,18 +215,36 @@ def _stored(msg: Msg, bind: bool) -> StoredEvent:
     # From the index, a sourced stream, the header names the event's sequence in the log itself.
     seq = jetstream.source_sequence(headers) or jetstream.stored_sequence(msg)
     if bind:
-        return bound_event(seq, jetstream.stored_time(msg), jetstream.stored_subject(msg), msg.data)
-    return _decoded(seq, jetstream.stored_time(msg), msg.data)
+        found = bound_event(seq, jetstream.stored_time(msg), jetstream.stored_subject(msg), msg.data)
+    else:
+        found = _decoded(seq, jetstream.stored_time(msg), msg.data)
+    return with_proof(found, headers)
 
 
-def bound_event(seq: int, stored_at: datetime, subject: str, data: bytes) -> StoredEvent:
-    """A message of the log taken as an event only if its payload's child and route are its subject's."""
+def with_proof(stored: StoredEvent, headers: dict[str, str]) -> StoredEvent:
+    """The event with the proof its message's headers carry (chain link, key, signature)."""
+    chain = headers.get(proof.CHAIN)
+    if chain is None:
+        return stored
+    return StoredEvent(
+        stored.seq, stored.stored_at, stored.event, stored.error, chain, headers.get(proof.KEY), headers.get(proof.SIG)
+    )
+
+
+def bound_event(
+    seq: int, stored_at: datetime, subject: str, data: bytes, headers: dict[str, str] | None = None
+) -> StoredEvent:
+    """A message of the log taken as an event only if its payload's child and route are its subject's;
+    with the proof its `headers` carry."""
+    chain = key = sig = None
+    if headers:
+        chain, key, sig = headers.get(proof.CHAIN), headers.get(proof.KEY), headers.get(proof.SIG)
     try:
-        return StoredEvent(seq, stored_at, codec.decode_on(subject, data))
+        return StoredEvent(seq, stored_at, codec.decode_on(subject, data), None, chain, key, sig)
     except codec.MisroutedEvent as exc:
-        return StoredEvent(seq, stored_at, None, f"misrouted: {exc.reason}")
+        return StoredEvent(seq, stored_at, None, f"misrouted: {exc.reason}", chain, key, sig)
     except codec.UndecodableEvent as exc:
-        return StoredEvent(seq, stored_at, None, exc.reason)
+        return StoredEvent(seq, stored_at, None, exc.reason, chain, key, sig)
 
 
 def _decoded(seq: int, stored_at: datetime, data: bytes) -> StoredEvent:

@@ -19,6 +19,12 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     event: AnyEvent | None
     error: str | None = None
     "Why the stored message is not taken as an event (undecodable, or its payload and subject disagree)."
+    chain: str | None = None
+    "Its Refbus-Chain header: place and hash in the child's chain (services/audit/proof.py)."
+    key: str | None = None
+    "Its Refbus-Key header: the key that signs it."
+    sig: str | None = None
+    "Its Refbus-Sig header, on the last event of a signing group."
 
 
 class DeadLetter(msgspec.Struct, frozen=True):
@@ -31,6 +37,19 @@ class DeadLetter(msgspec.Struct, frozen=True):
     sha256: str
     size: int
     set_aside_at: datetime
+
+
+class RedriveRequest(msgspec.Struct, frozen=True):
+    """An operator's request that a sector handle log message `stream_seq` again (after a fix): kept
+    in REFBUS_DEAD_LETTERS on `refbus.dead.<sector>.redrive` under Nats-Msg-Id
+    `redrive:<consumer>:<stream_seq>`. No payload: the log holds the bytes."""
+
+    dead_letter: int
+    "The dead letter's sequence in REFBUS_DEAD_LETTERS (its ID in `refbus dead`)."
+    stream_seq: int
+    subject: str
+    consumer: str
+    requested_at: datetime
 
 
 class ConcurrencyConflict(Exception):

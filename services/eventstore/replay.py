@@ -30,25 +30,42 @@ async def replay(
     reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000
 ) -> AsyncIterator[StoredEvent]:
     """Every event of the log in order, from `from_seq` to the end as it is now; each payload bound
-    to the subject it was stored on."""
+    to the subject it was stored on, with the proof its headers carry."""
+    async for seq, stored_ns, subject, headers, data in raw_replay(reader, from_seq, chunk, client_buffer):
+        yield bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data, headers)
+
+
+RawStored = tuple[int, int, str, dict[str, str], bytes]
+"(sequence, stored at in ns, subject, headers, payload)"
+
+
+async def raw_replay(
+    reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+) -> AsyncIterator[RawStored]:
+    """Every message of `stream` in order as stored, from `from_seq` to the end as it is now (for
+    the verifier, which needs headers; `stream`: another stream with the log's shape)."""
     js = reader.nc.jetstream(timeout=reader.timeout)
-    end = (await js.stream_info(subjects.STREAM)).state.last_seq
+    end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
         return
-    chunks: asyncio.Queue[tuple[int, list[tuple[int, int, str, bytes]]]] = asyncio.Queue(maxsize=64)
+    chunks: asyncio.Queue[tuple[int, list[RawStored], bool]] = asyncio.Queue(maxsize=64)
 
     async def read_from(start: int, generation: int) -> Subscription:
-        pending: list[tuple[int, int, str, bytes]] = []
+        pending: list[RawStored] = []
 
         async def on_message(msg: Msg) -> None:
             seq, stored_ns = jetstream.delivered_position(msg.reply)
-            pending.append((seq, stored_ns, msg.subject, msg.data))
-            if len(pending) >= chunk or seq >= end:
-                await chunks.put((generation, pending.copy()))
+            pending.append((seq, stored_ns, msg.subject, msg.headers or {}, msg.data))
+            # None pending after it: the last there is (the end's own sequence may be deleted).
+            last = seq >= end or jetstream.delivered_pending(msg.reply) == 0
+            if len(pending) >= chunk or last:
+                await chunks.put((generation, pending.copy(), last))
                 pending.clear()
 
         return await js.subscribe(
-            subjects.LOG_SUBJECTS,
+            subject_filter,
+            stream=stream,
             cb=on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -65,22 +82,23 @@ async def replay(
         while True:
             try:
                 async with asyncio.timeout(REPLAY_STALL_S):  # not wait_for: docs/decisions/0005
-                    made_by, batch = await chunks.get()
+                    made_by, batch, last = await chunks.get()
             except TimeoutError:
                 if loop.time() - heard > reader.timeout:
                     raise
-                batch = []  # the chunk with the end may have been dropped: read again from here
+                batch, last = [], False  # the chunk with the end may have been dropped: read again from here
             else:
                 if made_by != generation:
                     continue  # from a consumer given up
                 heard = loop.time()
-            for seq, stored_ns, subject, data in batch:
-                if seq > expected and await reader.exists(expected):
+            for item in batch:
+                seq = item[0]
+                if seq > expected and await reader.exists(expected, stream):
                     break  # dropped in the client: read again from there
-                yield bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data)
+                yield item
                 expected = seq + 1
             else:
-                if expected > end:
+                if expected > end or last:
                     return
                 if batch:
                     continue

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import structlog
 
+from refbus.contracts import codec
 from refbus.contracts.events import Event
+from refbus.services.audit import proof
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, Decide, StoredEvent, Transacted
 from refbus.services.rules import lifecycle
 from refbus.services.rules.state import ChildState, apply
@@ -56,7 +58,10 @@ class EventStore(ABC):
             if not events:
                 return Transacted([], state, duplicates)
             try:
-                stored = await self.append(child, expected, events)
+                known = state.chain_seq == expected
+                prev = proof.Link(state.chain_pos, state.chain_hash) if known else None
+                prev = await self._prev_link(child, expected, prev)
+                stored = await self.append(child, expected, events, prev)
             except ConcurrencyConflict as conflict:
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
                 min_seq = max(min_seq, conflict.actual)
@@ -65,15 +70,33 @@ class EventStore(ABC):
                     await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
                 continue
             state.last_seq = max(state.last_seq, stored[-1])
+            link = prev
+            for event in events:
+                link = proof.next_link(link, codec.encode(event))
+            state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored[-1]
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
     # -- what each store provides ----------------------------------------------------------------
 
     @abstractmethod
-    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
+    async def append(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
+    ) -> list[int]:
         """Store one child's events together if its last sequence is still `expected_last_seq`;
-        their sequences. No rules checked here: write through `transact`."""
+        their sequences. `prev`: the child's newest link in its hash chain (read when not given).
+        No rules checked here: write through `transact`."""
+
+    async def _prev_link(self, child: str, expected_last_seq: int, prev: proof.Link | None) -> proof.Link:
+        if prev is not None:
+            return prev
+        if expected_last_seq == 0:
+            return proof.START
+        # The link of the child's event at `expected_last_seq` (the append fails unless it is the last).
+        history = await self.history(child, min_seq=expected_last_seq, fresh=False, paged=False)
+        upto = [h for h in history if h.seq <= expected_last_seq]
+        link = proof.parse_link(upto[-1].chain) if upto and upto[-1].seq == expected_last_seq else None
+        return link or proof.Link(len(upto), proof.GENESIS)  # an event from before chains: no link to take
 
     @abstractmethod
     async def history(
@@ -103,4 +126,7 @@ class EventStore(ABC):
                 apply(state, stored.event, stored.seq)
             else:
                 state.last_seq = stored.seq  # unreadable, but the next append must still expect it
+            link = proof.parse_link(stored.chain)
+            if link is not None and link.pos > state.chain_pos:
+                state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored.seq
         return state

@@ -75,10 +75,8 @@ def child_index_config(replicas: int = 1) -> StreamConfig:
 def pages_config(replicas: int = 1) -> StreamConfig:
     # Derived like the index, so the same asynchronous persistence on one node. Unlike the log and
     # the index, the pager deletes what a merge has superseded: pages are a cache, not the record.
-    # Work-queue retention, for its smaller message blocks: nats-server gives a limits stream 8 MB
-    # blocks and other retentions 2 MB (2.15), and a child's first read loads a whole block that
-    # the server no longer holds (~5 ms for 8 MB of pages; at 1M events the typical child's p99
-    # fell from 10.5 to 4.3 ms). Nothing is ever removed by that retention: no consumer reads
+    # Work-queue retention, for its smaller message blocks (docs/decisions/0004-history-pages.md).
+    # Nothing is ever removed by that retention: no consumer reads
     # REFBUS_PAGES (readers use direct gets) and no user but the admin may create one.
     persistence = {"persist_mode": PersistMode.ASYNC} if replicas == 1 else {}
     config = _append_only(
@@ -102,6 +100,31 @@ def dead_letter_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def seals_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.SEALS_STREAM,
+        description="refbus: the bus's signed seals of the log (services/audit/seal.py)",
+        subjects=[subjects.SEAL_SUBJECT],
+        num_replicas=replicas,
+    )
+
+
+def keys_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.KEYS_STREAM,
+        description="refbus: public signing keys, certified by the bus; the newest record per key wins",
+        subjects=[subjects.KEYS_SUBJECTS],
+        num_replicas=replicas,
+    )
+
+
+def access_config(replicas: int = 1) -> StreamConfig:
+    return _append_only(
+        name=subjects.ACCESS_STREAM,
+        description="refbus: who read which child's history or export, why (signed, append-only)",
+        subjects=[subjects.ACCESS_SUBJECTS],
+        num_replicas=replicas,
+    )
 
 
 async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
@@ -113,6 +136,9 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
         child_index_config(replicas),
         pages_config(replicas),
         dead_letter_config(replicas),
+        seals_config(replicas),
+        keys_config(replicas),
+        access_config(replicas),
     ):
         while True:
             try:

@@ -19,6 +19,7 @@ from nats.js.errors import APIError
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event, event_type
+from refbus.services.audit import keys, proof
 from refbus.services.eventstore import jetstream
 from refbus.services.eventstore.records import ConcurrencyConflict, EventIdTaken, LogFull
 
@@ -48,15 +49,23 @@ def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
     return headers
 
 
-def messages_for(events: Sequence[Event], expected_last_seq: int) -> list[jetstream.Message]:
-    return [
-        (
-            subjects.event_subject(e.child, e.from_sector, e.to_sector),
-            codec.encode(e),
-            headers_for(e, expected_last_seq if i == 0 else None),
-        )
-        for i, e in enumerate(events)
-    ]
+def messages_for(
+    events: Sequence[Event], expected_last_seq: int, prev: proof.Link = proof.START,
+    ring: keys.Keyring | None = None,
+) -> list[jetstream.Message]:
+    """The unit's messages, each linked to the one before it in the child's chain (`prev`: the
+    child's newest link) and naming the key its sender signs with (signed when its batch is sent)."""
+    messages: list[jetstream.Message] = []
+    for i, e in enumerate(events):
+        payload = codec.encode(e)
+        headers = headers_for(e, expected_last_seq if i == 0 else None)
+        prev = proof.next_link(prev, payload)
+        headers[proof.CHAIN] = proof.format_link(prev)
+        kid = ring.current(e.from_sector.value) if ring is not None else None
+        if kid is not None:
+            headers[proof.KEY] = kid
+        messages.append((subjects.event_subject(e.child, e.from_sector, e.to_sector), payload, headers))
+    return messages
 
 
 @dataclass(slots=True)
@@ -83,8 +92,11 @@ def _refusal(unit: _Unit, code: object, detail: str, alone: bool) -> BaseExcepti
 
 
 class GroupCommit:
-    def __init__(self, nc: NATS, verify_duplicate: VerifyDuplicate, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: NATS, verify_duplicate: VerifyDuplicate, timeout: float = 5.0, ring: keys.Keyring | None = None
+    ) -> None:
         self.nc = nc
+        self.ring = ring
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
         self._verify_duplicate = verify_duplicate
@@ -92,11 +104,14 @@ class GroupCommit:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
 
-    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
+    async def append(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link = proof.START
+    ) -> list[int]:
         if not 1 <= len(events) <= MAX_BATCH:
             raise ValueError(f"1..{MAX_BATCH} events per append, not {len(events)}")
+        ring = self.ring or keys.installed()
         unit = _Unit(
-            child, expected_last_seq, events, messages_for(events, expected_last_seq),
+            child, expected_last_seq, events, messages_for(events, expected_last_seq, prev, ring),
             asyncio.get_running_loop().create_future(),
         )
         self._queue.append(unit)
@@ -149,7 +164,13 @@ class GroupCommit:
         finally:
             self._busy.difference_update(u.child for u in batch)
 
+    def _sign(self, messages: list[jetstream.Message]) -> None:
+        ring = self.ring or keys.installed()
+        if ring is not None:
+            proof.sign_messages(messages, ring.private)  # type: ignore[arg-type]
+
     async def _publish_one(self, unit: _Unit) -> None:
+        self._sign(unit.messages)
         subject, payload, headers = unit.messages[0]
         try:
             ack = await self.js.publish(subject, payload, timeout=self.timeout, headers=headers)
@@ -166,6 +187,7 @@ class GroupCommit:
 
     async def _publish_atomic(self, batch: list[_Unit]) -> None:
         messages = [message for unit in batch for message in unit.messages]
+        self._sign(messages)
         ack = await jetstream.publish_batch(self.nc, messages, self.timeout)
         error = ack.get("error")
         if not isinstance(error, dict):

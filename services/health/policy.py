@@ -27,4 +27,4 @@ PROFILES = {
 
 
 def build_policy(settings: Settings) -> SectorPolicy:
-    return SimulatedSector(Sector.HEALTH, PROFILES, speed=settings.sim_speed)
+    return SimulatedSector(Sector.HEALTH, PROFILES, speed=settings.sim_speed, works_since=settings.sim_works_since())

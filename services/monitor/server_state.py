@@ -22,7 +22,7 @@ JSZ = "/jsz?accounts=true&streams=true&consumers=true&config=true"
 CONNZ = "/connz?limit=1024"
 SERVICE_PREFIX = "refbus-"
 "Every refbus service names its NATS connection refbus-<service> (services/runtime/app.py)."
-SERVICES = (*(s.value for s in Sector), "pager")
+SERVICES = (*(s.value for s in Sector), "pager", "deadlines")
 
 
 @dataclass

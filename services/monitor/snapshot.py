@@ -20,12 +20,11 @@ from refbus.contracts import subjects
 from refbus.services.monitor import server_state
 from refbus.services.monitor.flows import PAIRS, SECTORS, LogFollower
 from refbus.services.monitor.server_state import SERVICES, ServerState
-from refbus.services.rules.audit import DEFAULT_DEADLINES
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_OVERDUE_AFTER_S = min(DEFAULT_DEADLINES.values()).total_seconds()
-"Open referrals unchanged this long count as overdue (the shortest deadline the audit knows: a day)."
+DEFAULT_OVERDUE_AFTER_S = 86_400.0
+"Open referrals unchanged this long count as overdue: a day (the deadline service knows each referral's own)."
 
 
 @dataclass

@@ -1,9 +1,6 @@
-"""The history pager: keeps REFBUS_PAGES, one child's events many to a message, up to date.
-
-Why: read from the index, a history costs the reader one message per event (nats-py parses ~10
-headers each, ~35 µs), and the server walks every message block between the child's first and last
-event. A page holds up to PAGE_EVENTS events in one message, and merges keep a child's pages few
-and written together: a history is then a manifest, a handful of pages and a short recent tail.
+"""The history pager: keeps REFBUS_PAGES, one child's events many to a message, up to date, so
+that a history is a manifest, a handful of pages and a short recent tail instead of one message per
+event (why, with measurements: docs/decisions/0004-history-pages.md).
 
 How: a consumer of its own reads the index from the last checkpoint, a batch at a time. A child's
 new events wait in memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are
@@ -46,15 +43,13 @@ from refbus.services.eventstore.reader import LogReader
 
 log = structlog.get_logger(__name__)
 
-# How long a child's new events may wait for their page. Longer: fewer, fuller pages; meanwhile
-# they are read from the index, from its newest blocks (which the server still holds in memory).
+# How long a child's new events may wait for their page: longer gives fewer, fuller pages.
 FLUSH_AFTER_S = 5.0
 PAGE_EVENTS = 512
 PAGE_BYTES = 256 * 1024  # well under max_payload (1 MB)
 MAX_RUNS = 8
-# A history this short is kept whole in its manifest: a first read then loads one message block
-# of REFBUS_PAGES, not one per run (a block the server no longer holds costs it 1-5 ms to load).
-# Bounded, so that rewriting the whole history at each flush stays cheap.
+# A history this short is kept whole in its manifest: one block to load on a first read
+# (docs/decisions/0004-history-pages.md); bounded, so that rewriting it at each flush stays cheap.
 WHOLE_HISTORY_EVENTS = 64
 FLUSHING_AT_ONCE = 32
 TICK_S = 0.25
@@ -62,33 +57,6 @@ FETCH_BATCH = 1000
 FETCH_WAIT_S = 0.1
 LOOK_UPS_AT_ONCE = 64
 _CHILD_PREFIX = subjects.child_index_subject("")
-
-
-class _PullRequest:
-    """The messages one pull request brings, delivered into a callback (no task or timer each)."""
-
-    def __init__(self) -> None:
-        self.messages: list[Msg] = []
-        self.owed = 0
-        self.failure = ""
-        self.done = asyncio.Event()
-
-    def begin(self, batch: int) -> None:
-        self.messages, self.owed, self.failure = [], batch, ""
-        self.done.clear()
-
-    async def on_message(self, msg: Msg) -> None:
-        status = jetstream.status_of(msg)
-        if status is None:
-            self.messages.append(msg)
-            self.owed -= 1
-            if self.owed <= 0:
-                self.done.set()
-        elif status in (jetstream.NO_MESSAGES, jetstream.REQUEST_EXPIRED):  # nothing (more) before it expired
-            self.done.set()
-        elif status != jetstream.HEARTBEAT:  # 409: a leadership change, the consumer gone, ...
-            self.failure = f"{status} {(msg.headers or {}).get('Description')}"
-            self.done.set()
 
 
 @dataclass(slots=True)
@@ -201,7 +169,7 @@ class HistoryPager:
                     ),
                 )
                 reply = self.nc.new_inbox()
-                pull = _PullRequest()
+                pull = jetstream.PullRequest()
                 subscription = await self.nc.subscribe(reply, cb=pull.on_message)
                 # Each request gathers what comes within FETCH_WAIT_S: ten requests a second when
                 # quiet, one per FETCH_BATCH events under load.

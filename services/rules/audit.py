@@ -2,24 +2,22 @@
 stuck in a non-terminal state past their deadline. Pure: stored events in, a report out."""
 
 from collections import Counter
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 from uuid import UUID
 
-from refbus.contracts.events import Event, ReferralRequested
-from refbus.contracts.vocabulary import Status, Urgency
+from refbus.contracts.events import Event
+from refbus.contracts.vocabulary import Urgency
 from refbus.services.rules import lifecycle
+from refbus.services.rules.deadlines import DEFAULT_TABLE, DeadlineTable, passed
 from refbus.services.rules.state import ChildState, Referral, apply
 
-# How long a referral may wait in one status before it counts as stuck, by urgency, unless the
-# referrer set its own `respond_by`. Follow-up deadlines are what closes the loop in practice.
-DEFAULT_DEADLINES: dict[Urgency, timedelta] = {
-    Urgency.EMERGENCY: timedelta(days=1),
-    Urgency.URGENT: timedelta(days=3),
-    Urgency.ROUTINE: timedelta(days=14),
-}
+# A referral is stuck when one of its follow-up deadlines has passed and what it waits for has not
+# happened: the same table, and the same function, as the deadline service that reminds and
+# escalates (services/rules/deadlines.py), so `refbus check` and the referral.overdue events agree.
+DEFAULT_DEADLINES: DeadlineTable = DEFAULT_TABLE
 
 
 @dataclass(frozen=True)
@@ -61,9 +59,8 @@ class Auditor:
     """Feed stored events in log order with `see`, then `finish` to look for stuck referrals."""
 
     now: datetime
-    deadlines: dict[Urgency, timedelta] = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
+    deadlines: DeadlineTable = DEFAULT_TABLE
     report: AuditReport = field(default_factory=AuditReport)
-    _urgency: dict[UUID, tuple[Urgency, datetime | None]] = field(default_factory=dict)
     _seen_seq: int = 0
 
     def see(self, seq: int, event: Event | None, error: str | None = None) -> None:
@@ -86,35 +83,44 @@ class Auditor:
             lifecycle.check(state, event)
         except lifecycle.IllegalEvent as exc:
             report.findings.append(Finding("illegal", seq, exc.reason, event.child))
-        if isinstance(event, ReferralRequested):
-            self._urgency[event.referral_id] = (event.urgency, event.respond_by)
         apply(state, event, seq)
 
     def finish(self) -> AuditReport:
         for state in self.report.states.values():
             for referral in state.referrals.values():
-                overdue = self._overdue(referral)
-                if overdue is not None:
+                overdue = passed(referral, self.deadlines, self.now)
+                if overdue:
+                    kinds = ", ".join(f"{kind.value} {self.now - at} ago" for kind, at in overdue)
                     self.report.findings.append(
                         Finding(
                             "stuck",
                             state.last_seq,
-                            f"referral {referral.referral_id} {referral.status.value} for "
-                            f"{overdue} past its deadline ({referral.referrer.value} -> {referral.receiver.value})",
+                            f"referral {referral.referral_id} {referral.status.value} past its deadline: {kinds} "
+                            f"({referral.referrer.value} -> {referral.receiver.value})",
                             state.child,
                         )
                     )
         return self.report
 
-    def _overdue(self, referral: Referral) -> timedelta | None:
-        if not referral.is_open or referral.updated_at is None:
-            return None
-        urgency, respond_by = self._urgency.get(referral.referral_id, (Urgency.ROUTINE, None))
-        if referral.status is Status.REQUESTED and respond_by is not None:
-            deadline = respond_by
-        else:
-            deadline = referral.updated_at + self.deadlines[urgency]
-        return self.now - deadline if self.now > deadline else None
+    def stuck(self) -> set[tuple[UUID, str]]:
+        """(referral, deadline) pairs past due, for comparing with the deadline service's notices."""
+        return {
+            (r.referral_id, kind.value)
+            for s in self.report.states.values()
+            for r in s.referrals.values()
+            for kind, _ in passed(r, self.deadlines, self.now)
+        }
+
+
+def as_table(deadlines: DeadlineTable | Mapping[Urgency, timedelta] | None) -> DeadlineTable:
+    """A table from what callers pass: a table, None (the default) or, as `refbus check --stuck-after`
+    did, one allowance per urgency (every deadline that long after the request)."""
+    if deadlines is None:
+        return DEFAULT_TABLE
+    if isinstance(deadlines, DeadlineTable):
+        return deadlines
+    kinds = DEFAULT_TABLE.by_urgency[Urgency.ROUTINE].keys()
+    return DeadlineTable({u: dict.fromkeys(kinds, after) for u, after in deadlines.items()})
 
 
 def audit(stored: Iterable[tuple[int, Event | None, str | None]], now: datetime) -> AuditReport:
@@ -131,11 +137,11 @@ class _Stored(Protocol):
 
 
 async def audit_replay(
-    replay: AsyncIterable[_Stored], now: datetime, deadlines: dict[Urgency, timedelta] | None = None
+    replay: AsyncIterable[_Stored], now: datetime, deadlines: DeadlineTable | Mapping[Urgency, timedelta] | None = None
 ) -> AuditReport:
     """The audit of a replay of the log, as `refbus check`, the demo's summary and the fault tests
     run it."""
-    auditor = Auditor(now) if deadlines is None else Auditor(now, deadlines)
+    auditor = Auditor(now, as_table(deadlines))
     async for stored in replay:
         auditor.see(stored.seq, stored.event, stored.error)
     return auditor.finish()

@@ -1,7 +1,8 @@
 """The rules an event must satisfy against the child's current state before it may be stored.
 
-`check` is pure and is called by the event log on every append: an illegal event is refused with a
-named reason and never stored. The transitions follow FHIR Task.status (see design-notes.md).
+`check` is pure and runs in EventStore.transact before every append (and in the services and the
+audit for what a raw writer slipped in): an illegal event is refused with a named reason and never
+stored. The transitions follow FHIR Task.status (docs/decisions/0009-fhir-lifecycle.md).
 """
 
 from refbus.contracts.events import (
@@ -14,16 +15,19 @@ from refbus.contracts.events import (
     ReferralCancelled,
     ReferralCompleted,
     ReferralEnteredInError,
+    ReferralEscalated,
     ReferralEvent,
     ReferralFailed,
     ReferralInProgress,
     ReferralOnHold,
+    ReferralOverdue,
     ReferralReceived,
     ReferralRejected,
     ReferralRequested,
     VulnerabilityIdentified,
 )
-from refbus.contracts.vocabulary import SERVICE_CATALOGUE, LegalBasis, Status
+from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Deadline, LegalBasis, Status
+from refbus.services.rules.deadlines import is_pending
 from refbus.services.rules.state import ChildState, Referral
 
 
@@ -61,6 +65,11 @@ def check(state: ChildState, event: Event) -> None:
     match event:
         case ReferralRequested():
             _check_request(state, event)
+        case ReferralOverdue() | ReferralEscalated():
+            referral = state.referrals.get(event.referral_id)
+            if referral is None:
+                raise IllegalEvent(event, "no such referral for this child")
+            _check_notice(event, referral)
         case ReferralEvent():
             referral = state.referrals.get(event.referral_id)
             if referral is None:
@@ -114,3 +123,23 @@ def _check_move(event: ReferralEvent, referral: Referral) -> None:
     if status not in allowed:
         tag = type(event).__struct_config__.tag
         raise IllegalEvent(event, f"{tag} is not allowed from status {status.value}")
+
+
+def _check_notice(event: ReferralOverdue | ReferralEscalated, referral: Referral) -> None:
+    """A deadline notice is a note a sector's system writes to itself, on the subjects no other event
+    uses (`refbus.ev.<child>.<s>.<s>`): the reminder in the receiver's inbox, the escalation in the
+    referrer's. Legal only while the deadline is pending, once its time has come, and once per
+    deadline (by state: a second notice with another id is refused too)."""
+    tag = type(event).__struct_config__.tag
+    party = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer
+    if event.from_sector != party or event.to_sector != party:
+        raise IllegalEvent(event, f"{tag} is stated by {party.value} to itself")
+    if not is_pending(referral, event.deadline):
+        raise IllegalEvent(event, f"deadline {event.deadline.value} is not pending ({referral.status.value})")
+    if event.deadline is Deadline.RESPOND_BY and event.due_at != referral.respond_by:
+        raise IllegalEvent(event, "respond_by deadline is not the request's respond_by")
+    if event.due_at < referral.requested_at or event.occurred_at < event.due_at:
+        raise IllegalEvent(event, f"deadline {event.deadline.value} has not passed")
+    noticed = referral.reminded if isinstance(event, ReferralOverdue) else referral.escalated
+    if event.deadline in noticed:
+        raise IllegalEvent(event, f"{tag} already stated for deadline {event.deadline.value}")

@@ -10,6 +10,7 @@ per referral (seeded by its id), so a retry takes the same decisions.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from hashlib import blake2b
 from typing import Any, Protocol, TypeVar
 from uuid import UUID
@@ -88,6 +89,9 @@ class SimulatedSector:
     speed: float = 1.0
     "Divides every delay; tests use a large value."
     seed: int = 0
+    works_since: datetime | None = None
+    "Referrals requested before this are left alone: a registry's past open referrals are an operator's to work,"
+    " not the simulation's (`refbus check` reports them once past their deadline). None: every referral."
 
     def profile(self, service: str) -> ServiceProfile:
         return self.profiles.get(service, ServiceProfile())
@@ -106,6 +110,8 @@ class SimulatedSector:
         return base * (0.5 + self._draw(referral_id, purpose)) / self.speed
 
     async def next_step(self, referral: Referral, child: ChildState) -> Step | None:
+        if self.works_since is not None and referral.requested_at < self.works_since:
+            return None
         p = self.profile(referral.service)
         rid = referral.referral_id
         match referral.status:

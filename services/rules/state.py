@@ -6,17 +6,20 @@ from datetime import datetime
 from uuid import UUID
 
 from refbus.contracts.events import (
+    DEADLINE_NOTICES,
     STATUS_AFTER,
     CaseOpened,
     ConsentRecorded,
     ConsentWithdrawn,
     Event,
+    ReferralEscalated,
     ReferralEvent,
+    ReferralOverdue,
     ReferralReceived,
     ReferralRequested,
     VulnerabilityIdentified,
 )
-from refbus.contracts.vocabulary import TERMINAL_STATUSES, Dimension, Sector, Status
+from refbus.contracts.vocabulary import TERMINAL_STATUSES, Deadline, Dimension, Sector, Status, Urgency
 
 
 @dataclass
@@ -28,6 +31,9 @@ class Referral:
     dimension: Dimension
     requested_at: datetime
     correlation_id: UUID
+    urgency: Urgency = Urgency.ROUTINE
+    respond_by: datetime | None = None
+    request_event_id: UUID | None = None
     status: Status = Status.REQUESTED
     received_at: datetime | None = None
     decided_at: datetime | None = None
@@ -37,6 +43,10 @@ class Referral:
     "When its newest event occurred: a policy's delays count from here."
     steps: dict[str, int] = field(default_factory=dict)
     "How many events of each type this referral has: makes deterministic event ids possible."
+    reminded: dict[Deadline, datetime] = field(default_factory=dict)
+    "Deadlines the receiver has been reminded of (referral.overdue), with their due times."
+    escalated: dict[Deadline, datetime] = field(default_factory=dict)
+    "Deadlines escalated on the referrer's side (referral.escalated), with their due times."
 
     @property
     def is_open(self) -> bool:
@@ -57,6 +67,13 @@ class ChildState:
     consent: set[Sector] = field(default_factory=set)
     "Sectors the guardian currently consents may receive referrals."
     referrals: dict[UUID, Referral] = field(default_factory=dict)
+    chain_pos: int = 0
+    "How many events the child's hash chain holds (set by the store's read, not by the fold)."
+    chain_hash: bytes = b"\0" * 32
+    "The chain hash of the child's newest event: the next event links on it (services/audit/proof.py)."
+    chain_seq: int = 0
+    """The sequence whose link chain_pos/chain_hash are: a state folded from events alone has none
+    for its last_seq, and the store then reads the link before appending."""
 
 
 def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
@@ -75,10 +92,21 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
                 requested_at=event.occurred_at,
                 updated_at=event.occurred_at,
                 correlation_id=event.correlation_id,
+                urgency=event.urgency,
+                respond_by=event.respond_by,
+                request_event_id=event.event_id,
             )
         case ReferralEvent():
             referral = state.referrals.get(event.referral_id)
             if referral is None:  # only possible for foreign writes; `check` refuses them
+                return state
+            if isinstance(event, DEADLINE_NOTICES):
+                # A notice about the referral, not a step of it: no status, no `updated_at` (the
+                # policies' delays count from the last step), no step count.
+                if isinstance(event, ReferralOverdue):
+                    referral.reminded[event.deadline] = event.due_at
+                elif isinstance(event, ReferralEscalated):
+                    referral.escalated[event.deadline] = event.due_at
                 return state
             referral.updated_at = event.occurred_at
             if isinstance(event, ReferralReceived):

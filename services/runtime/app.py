@@ -10,7 +10,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 
-from refbus.services.runtime.bus import reply_prefix
+from refbus.services.runtime.bus import reply_prefix, safe_url
 from refbus.services.runtime.health import serve_health
 from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings
@@ -33,6 +33,19 @@ def service_app(
     the way out, and serves /healthz when settings ask for it."""
     if not structlog.is_configured():
         configure_logging()
+    log = structlog.get_logger(f"refbus.{name}")
+    shown = safe_url(settings.nats_url or "")
+
+    # Our own callbacks: nats-py's default error callback logs a traceback on every failed reconnect.
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", url=shown, error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.info("nats_disconnected", url=shown)
+
+    async def on_reconnected() -> None:
+        log.info("nats_reconnected", url=shown)
+
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{name}",
@@ -40,6 +53,9 @@ def service_app(
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         inbox_prefix=reply_prefix(settings.nats_url or ""),
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
     )
     app = FastStream(broker, logger=None)
     health: list[asyncio.Server] = []

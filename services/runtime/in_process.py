@@ -1,5 +1,5 @@
-"""Runs the four sector services and the history pager in one process (the embedded default); in
-production each runs as its own process or container (`refbus service <sector>|pager`)."""
+"""Runs the four sector services, the history pager and the deadline service in one process (the embedded default); in
+production each runs as its own process or container (`refbus service <sector>|pager|deadlines`)."""
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -8,6 +8,7 @@ from dataclasses import replace
 from faststream import FastStream
 
 from refbus.contracts.vocabulary import Sector
+from refbus.services.deadlines.main import create_app as deadlines_app
 from refbus.services.education import main as education
 from refbus.services.health import main as health
 from refbus.services.justice import main as justice
@@ -24,12 +25,24 @@ SECTOR_APPS = {
 "Each sector's service as its own deployment runs it (services/<sector>/main.py)."
 
 
+HEALTH_ORDER: tuple[Sector | str, ...] = (*Sector, "pager", "deadlines")
+"In one process every app serves /healthz on its own port: REFBUS_HEALTH_PORT + its place here."
+
+
+def health_port(settings: Settings, app: Sector | str) -> int | None:
+    if settings.health_port is None:
+        return None
+    return settings.health_port + HEALTH_ORDER.index(app)
+
+
 @asynccontextmanager
 async def sector_services(
     url: str, settings: Settings, sectors: Iterable[Sector] = tuple(Sector)
 ) -> AsyncIterator[dict[Sector, FastStream]]:
-    settings = replace(settings, nats_url=url)
-    apps = {sector: SECTOR_APPS[sector](settings) for sector in sectors}
+    apps = {
+        sector: SECTOR_APPS[sector](replace(settings, nats_url=url, health_port=health_port(settings, sector)))
+        for sector in sectors
+    }
     started: list[FastStream] = []
     try:
         for app in apps.values():
@@ -43,7 +56,17 @@ async def sector_services(
 
 @asynccontextmanager
 async def history_pager(url: str, settings: Settings) -> AsyncIterator[FastStream]:
-    app = pager_app(replace(settings, nats_url=url))
+    app = pager_app(replace(settings, nats_url=url, health_port=health_port(settings, "pager")))
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@asynccontextmanager
+async def deadline_service(url: str, settings: Settings) -> AsyncIterator[FastStream]:
+    app = deadlines_app(replace(settings, nats_url=url, health_port=health_port(settings, "deadlines")))
     await app.start()
     try:
         yield app

@@ -8,6 +8,7 @@ its `Refbus-Event-Type` header, checked against the contract's closed lists (met
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -29,8 +30,10 @@ LAG_SAMPLE_S = 5.0
 class MeteredEventStore(JetStreamEventStore):
     """The JetStream store, counting what it appends (refbus_events_out_total)."""
 
-    async def append(self, child: str, expected_last_seq: int, events: Sequence[Event]) -> list[int]:
-        stored = await super().append(child, expected_last_seq, events)
+    async def append(  # type: ignore[override]
+        self, child: str, expected_last_seq: int, events: Sequence[Event], *args: Any, **kwargs: Any
+    ) -> list[int]:
+        stored = await super().append(child, expected_last_seq, events, *args, **kwargs)
         counts = metrics.HOT.events_out
         for event in events:
             # Sector and type values of a decoded event are the contract's own: the closed lists.
@@ -39,8 +42,9 @@ class MeteredEventStore(JetStreamEventStore):
         return stored
 
 
-def event_store(nc: NATS) -> JetStreamEventStore:
-    return MeteredEventStore(nc) if metrics.enabled() else JetStreamEventStore(nc)
+def event_store(nc: NATS, **options: Any) -> JetStreamEventStore:
+    """The service's store (options as JetStreamEventStore's), metered unless metrics are off."""
+    return MeteredEventStore(nc, **options) if metrics.enabled() else JetStreamEventStore(nc, **options)
 
 
 def _delivery_count(reply: str) -> int:

@@ -52,7 +52,7 @@ DEAD_LETTER_REASONS: tuple[tuple[str, str], ...] = (
     ("addressed to", "misaddressed"),
     ("handling refused", "refused"),
     ("undecodable", "undecodable"),
-    ("max deliveries", "max_deliveries"),
+    ("exhausted", "max_deliveries"),
 )
 DEAD_LETTER_CODES = frozenset({code for _, code in DEAD_LETTER_REASONS} | {"undecodable", OTHER})
 
@@ -72,6 +72,11 @@ REFUSAL_RULES: tuple[tuple[str, str], ...] = (
     ("receipt already acknowledged", "receipt_repeated"),
     ("cannot acknowledge receipt", "receipt_too_late"),
     ("is not allowed from status", "illegal_transition"),
+    ("to itself", "deadline_to_self"),
+    ("is not pending", "deadline_not_pending"),
+    ("is not the request's respond_by", "deadline_mismatch"),
+    ("has not passed", "deadline_not_passed"),
+    ("already stated for deadline", "deadline_repeated"),
     ("event id", "event_id_taken"),
 )
 REFUSAL_CODES = frozenset({code for _, code in REFUSAL_RULES} | {OTHER})

@@ -1,17 +1,39 @@
-"""Settings from the environment, with command-line flags taking precedence (see refbus.cli)."""
+"""Settings from the environment, with command-line flags taking precedence (see refbus.cli).
 
+Every REFBUS_* value is checked here: a value of the wrong kind raises `SettingsError` with one line
+naming the variable, what it must be and what it got (never a traceback at a user).
+"""
+
+import logging
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from refbus.services.audit.keys import Keyring
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_PORT = 4222
+"The embedded server's client port when it is free (deploy/nats-server.conf); else a free one."
+DEFAULT_MONITOR_PORT = 8222
+"Its monitoring port when free (deploy/nats-server.conf); else a free one. Both are recorded in server.json."
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting (flag or environment variable) the user gave is not usable; the message says why."""
 
 
 @dataclass(frozen=True)
 class Settings:
     nats_url: str | None = None
-    "An existing server (comma-separated for a cluster); None starts the embedded one."
+    "An existing server (comma-separated for a cluster); None: the embedded server of the data dir."
     data_dir: Path = Path(".refbus")
     replicas: int = 1
     "Stream replicas: 1 on the embedded single node, 3 on a cluster."
@@ -27,6 +49,26 @@ class Settings:
     "The history pager: how long a child's new events may wait before they are paged."
     event_id_key_hex: str | None = None
     "Keys the services' derived event ids (REFBUS_EVENT_ID_KEY); unset: kept in the data dir."
+    connect_timeout: float = 5.0
+    "Seconds a command waits for its first connection to the server before it gives up (REFBUS_CONNECT_TIMEOUT)."
+    port: int | None = None
+    "The embedded server's client port (REFBUS_PORT); None: 4222 when free, else any free port."
+    monitor_port: int | None = None
+    "The embedded server's monitoring port (REFBUS_MONITOR_PORT); None: 8222 when free, else any free port."
+    sim_max_age_days: float | None = None
+    "The simulated sectors leave referrals requested longer ago than this before their start to an operator"
+    " (REFBUS_SIM_MAX_AGE_DAYS, default 7 from the environment); None: they work every referral."
+    log_level: str | None = None
+    "REFBUS_LOG_LEVEL; None: INFO (to a file under the data dir for `up` and `demo`)."
+    seal_interval_s: float = 60.0
+    "How often the bus seals the log (services/audit/seal.py)."
+
+    def keyring(self) -> "Keyring":
+        """The sectors' and the bus's signing keys, in <data_dir>/secrets/keys/ (made on first use,
+        readable by their owner only; `refbus keys` makes, rotates and revokes them)."""
+        from refbus.services.audit import keys
+
+        return keys.ensure(self.data_dir)
 
     def event_id_key(self) -> bytes:
         """The deployment's event-id key: from the environment, else the data dir's (made on first
@@ -41,19 +83,84 @@ class Settings:
                 out.write(secrets.token_hex(32))
         return bytes.fromhex(path.read_text().strip())
 
+    def sim_works_since(self) -> datetime | None:
+        """When the simulated sectors' interest starts: referrals requested before it (a registry's
+        past open ones) are left to an operator. None: they work every referral."""
+        if self.sim_max_age_days is None:
+            return None
+        return datetime.now(UTC) - timedelta(days=self.sim_max_age_days)
+
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Settings from `env` (default: os.environ), then `overrides` that are not None.
+        Raises SettingsError naming the first variable whose value is not usable."""
+        env = os.environ if env is None else env
         values: dict[str, object] = {
             "nats_url": env.get("REFBUS_NATS_URL") or None,
-            "data_dir": Path(env.get("REFBUS_DATA_DIR", ".refbus")),
-            "replicas": int(env.get("REFBUS_REPLICAS", "1")),
-            "sim_speed": float(env.get("REFBUS_SIM_SPEED", "1")),
-            "ack_wait": float(env.get("REFBUS_ACK_WAIT", "30")),
-            "health_port": int(env["REFBUS_HEALTH_PORT"]) if env.get("REFBUS_HEALTH_PORT") else None,
-            "health_host": env.get("REFBUS_HEALTH_HOST", "127.0.0.1"),
-            "page_after_s": float(env.get("REFBUS_PAGE_AFTER_S", "5")),
+            "data_dir": Path(env.get("REFBUS_DATA_DIR") or ".refbus"),
+            "replicas": _parse(env, "REFBUS_REPLICAS", int, "a whole number (1 or 3)", 1, minimum=1),
+            "sim_speed": _parse(env, "REFBUS_SIM_SPEED", float, "a number (e.g. 4)", 1.0, positive=True),
+            "ack_wait": _parse(env, "REFBUS_ACK_WAIT", float, "a number of seconds", 30.0, positive=True),
+            "health_port": _parse(env, "REFBUS_HEALTH_PORT", int, "a port number", None, minimum=1, maximum=65535),
+            "health_host": env.get("REFBUS_HEALTH_HOST") or "127.0.0.1",
+            "page_after_s": _parse(env, "REFBUS_PAGE_AFTER_S", float, "a number of seconds", 5.0, minimum=0),
             "event_id_key_hex": env.get("REFBUS_EVENT_ID_KEY") or None,
+            "connect_timeout": _parse(env, "REFBUS_CONNECT_TIMEOUT", float, "a number of seconds", 5.0, positive=True),
+            "port": _parse(env, "REFBUS_PORT", int, "a port number", None, minimum=1, maximum=65535),
+            "monitor_port": _parse(env, "REFBUS_MONITOR_PORT", int, "a port number", None, minimum=1, maximum=65535),
+            "sim_max_age_days": _parse(
+                env, "REFBUS_SIM_MAX_AGE_DAYS", float, "a number of days", 7.0, minimum=0
+            ),
+            "log_level": check_log_level(env.get("REFBUS_LOG_LEVEL") or None, "REFBUS_LOG_LEVEL"),
+            "seal_interval_s": float(env.get("REFBUS_SEAL_INTERVAL_S", "60")),
         }
+        key = values["event_id_key_hex"]
+        if key is not None:
+            try:
+                bytes.fromhex(str(key))
+            except ValueError:
+                raise SettingsError(f"REFBUS_EVENT_ID_KEY must be hexadecimal, got {_shown(str(key))}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def check_log_level(level: str | None, name: str = "--log-level") -> str | None:
+    if level is None:
+        return None
+    if level.upper() not in LOG_LEVELS or not isinstance(logging.getLevelName(level.upper()), int):
+        raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {_shown(level)}")
+    return level.upper()
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _parse(
+    env: Mapping[str, str],
+    name: str,
+    kind: Callable[[str], T],
+    what: str,
+    default: T | None,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+) -> T | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be {what}, got {_shown(raw)}") from None
+    number = float(value)  # type: ignore[arg-type]
+    if number != number or number in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be {what}, got {_shown(raw)}")
+    if positive and number <= 0:
+        raise SettingsError(f"{name} must be more than 0, got {_shown(raw)}")
+    if minimum is not None and number < minimum:
+        raise SettingsError(f"{name} must be at least {minimum:g}, got {_shown(raw)}")
+    if maximum is not None and number > maximum:
+        raise SettingsError(f"{name} must be at most {maximum:g}, got {_shown(raw)}")
+    return value

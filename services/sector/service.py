@@ -20,6 +20,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import Sector, Status
+from refbus.services.audit import proof
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken
 from refbus.services.eventstore.store import EventStore
 from refbus.services.rules.decisions import onward_request, receipt, step_event
@@ -102,7 +103,10 @@ class SectorService:
         ):
             try:
                 async with lock:
-                    wake_in = await self.react(event, seq, first_delivery=raw.metadata.num_delivered == 1)
+                    wake_in = await self.react(
+                        event, seq, first_delivery=raw.metadata.num_delivered == 1,
+                        link=proof.parse_link((raw.headers or {}).get(proof.CHAIN)),
+                    )
             except IllegalEvent as exc:
                 # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
                 await self.set_aside(raw.subject, seq, body, f"handling refused: {exc.reason}")
@@ -116,6 +120,12 @@ class SectorService:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
                 metrics.handler_failed(self.sector)
+                if delivered >= MAX_DELIVER:
+                    # The last delivery: a dead letter with the subject and the reason, which the
+                    # server's advisory lacks, so that an operator can redrive it after the fix.
+                    await self.set_aside(raw.subject, seq, body, f"exhausted {delivered} deliveries: {exc!r}"[:200])
+                    await raw.ack()
+                    return
                 await raw.nak(delay=min(30.0, 0.5 * 2 ** min(delivered, 6)))
                 return
             finally:
@@ -127,11 +137,14 @@ class SectorService:
             # The server is our durable timer: the message comes back when the next step is due.
             await raw.nak(delay=wake_in)
 
-    async def react(self, event: AnyEvent, seq: int, first_delivery: bool = False) -> float | None:
-        """Handle one event addressed to us; returns seconds until it should come back, if ever."""
+    async def react(
+        self, event: AnyEvent, seq: int, first_delivery: bool = False, link: proof.Link | None = None
+    ) -> float | None:
+        """Handle one event addressed to us; returns seconds until it should come back, if ever.
+        `link`: the event's own link in its child's hash chain (its Refbus-Chain header), if known."""
         match event:
             case ReferralRequested():
-                return await self.work_on(event, seq, first_delivery)
+                return await self.work_on(event, seq, first_delivery, link)
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went; whoever
                 # wrote it, it must have been legal where the log put it.
@@ -147,13 +160,17 @@ class SectorService:
         check(before, event)
         return before
 
-    async def acknowledge_receipt(self, request: ReferralRequested, seq: int) -> ChildState | None:
+    async def acknowledge_receipt(
+        self, request: ReferralRequested, seq: int, link: proof.Link | None = None
+    ) -> ChildState | None:
         """The delivery receipt at once, before reading the child: appended on condition that the
         request is still the child's newest event, when the receipt is legal knowing only the
         request. Then the child is the index up to the request plus the receipt, and no read has
         to wait for the index to copy the receipt. Returns None if the child had moved on (the
         server refused the receipt): `work_on` then reads and decides as for every later step."""
         just_requested = apply(ChildState(child=request.child), request, seq)
+        if link is not None:  # the receipt chains on the request without reading it back
+            just_requested.chain_pos, just_requested.chain_hash, just_requested.chain_seq = link.pos, link.hash, seq
         event = receipt(
             self.id_key, just_requested.referrals[request.referral_id], request.child, self.clock(), request.event_id
         )
@@ -169,9 +186,14 @@ class SectorService:
         state = fold(request.child, [(h.seq, h.event) for h in history if h.event is not None])
         if event.event_id not in state.event_ids:
             apply(state, event, done.stored[0])
+        if state.last_seq == done.state.chain_seq:  # the receipt is the newest: its link is known
+            state.chain_pos, state.chain_hash, state.chain_seq = (
+                done.state.chain_pos, done.state.chain_hash, done.state.chain_seq)
         return state
 
-    async def work_on(self, request: ReferralRequested, seq: int, first_delivery: bool = False) -> float | None:
+    async def work_on(
+        self, request: ReferralRequested, seq: int, first_delivery: bool = False, link: proof.Link | None = None
+    ) -> float | None:
         """One pass over a referral addressed to us: acknowledge receipt, then take every step the
         policy has that is due. Returns the seconds until the next step is due, or None when the
         sector has nothing more to do. Each pass starts from the log, so a redelivery resumes."""
@@ -183,7 +205,7 @@ class SectorService:
                 return [receipt(self.id_key, referral, request.child, self.clock(), request.event_id)]
             return []
 
-        state = await self.acknowledge_receipt(request, seq) if first_delivery else None
+        state = await self.acknowledge_receipt(request, seq, link) if first_delivery else None
         if state is None:
             await self.state_before(request, seq)
             state = (await self.store.transact(request.child, receive, min_seq=seq)).state

@@ -11,7 +11,10 @@ from nats.aio.client import Client as NATS
 from refbus.services.runtime.bus import reply_prefix
 from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
 
-USERS = ("admin", "operator", "social", "health", "education", "justice", "pager")
+USERS = (
+    "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
+    "social-system", "health-system", "education-system", "justice-system",
+)
 SECURED_CONFIG = DEPLOY_DIR / "nats-server-secured.conf"
 PERMISSIONS_CONFIG = DEPLOY_DIR / "nats-permissions.conf"
 
@@ -19,7 +22,7 @@ PERMISSIONS_CONFIG = DEPLOY_DIR / "nats-permissions.conf"
 def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedNats]:
     """The body of each test module's `secured_server` fixture."""
     for user in USERS:
-        monkeypatch.setenv(f"REFBUS_{user.upper()}_PASSWORD", f"pw-{user}")
+        monkeypatch.setenv(f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD", f"pw-{user}")
     server = EmbeddedNats(tmp_path / "nats", config=SECURED_CONFIG).start()
     yield server
     server.stop()

@@ -5,6 +5,7 @@ pull request."""
 import asyncio
 from collections import Counter
 
+import pytest
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
@@ -14,6 +15,8 @@ from refbus.services.sector.inbox import Inbox, ensure_consumer
 from tests.services import wait_for
 
 CONSUMER = ConsumerConfig(durable_name="c", filter_subject="t.>", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+
+pytestmark = pytest.mark.integration
 
 
 class Recorder:

@@ -77,7 +77,8 @@ def test_once_json_during_a_demo_shows_flows_and_names_no_child(
     assert snapshot["log"]["counted_to_seq"] >= 1 and snapshot["log"]["events"] == snapshot["log"]["counted_to_seq"]
     assert snapshot["funnel"]["requested"] >= snapshot["funnel"]["received"] > 0
     assert snapshot["jetstream"]["source"] == "jsz"
-    assert snapshot["services"] == dict.fromkeys(["social", "health", "education", "justice", "pager"], "up")
+    services = ["social", "health", "education", "justice", "pager", "deadlines"]
+    assert snapshot["services"] == dict.fromkeys(services, "up")
     # --once counts the log up to where it ended when the server was read: at least that far.
     assert 0 < snapshot["streams"]["REFBUS"]["messages"] <= snapshot["log"]["counted_to_seq"]
     fields = {"pending", "ack_pending", "redelivered", "waiting"}

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from refbus.contracts import subjects
@@ -20,6 +21,8 @@ from refbus.services.runtime.bus import connect
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import answer, new_child, record, request
 from tests.services import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 async def record_referrals(eventlog: JetStreamEventStore, child: str, count: int) -> list[int]:

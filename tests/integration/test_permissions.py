@@ -102,3 +102,44 @@ async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedN
     await pager_nc.close()
     await social.close()
     await admin.close()
+
+
+async def test_the_deadline_service_writes_notices_and_nothing_else(secured_server: EmbeddedNats) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from refbus.contracts.events import ReferralEscalated, ReferralOverdue
+    from refbus.services.deadlines.main import create_app as deadlines_app
+    from refbus.services.rules.deadlines import DeadlineTable
+    from refbus.services.runtime.settings import Settings
+    from tests.services import TEST_EVENT_ID_KEY
+
+    admin = await connect_as(secured_server, "admin")
+    await streams.provision(admin.jetstream())
+    log = JetStreamEventStore(admin, timeout=2.0)
+    child = new_child()
+    req = request(child, Sector.SOCIAL, Sector.HEALTH)
+    await record(log, req)
+    now = datetime.now(UTC) + timedelta(hours=1)  # the receipt (10 minutes) is overdue: nobody runs
+    settings = Settings(nats_url=url_for(secured_server, "deadlines"), event_id_key_hex=TEST_EVENT_ID_KEY.hex())
+    app = deadlines_app(settings, clock=lambda: now, table=DeadlineTable.from_json('{"routine": {"received": 600}}'),
+                        tick=3600)
+    await app.start()
+    try:
+        service = app.services[0]  # type: ignore[attr-defined]
+        assert await service.step() in (0, 2)  # its own first pass may have fired already
+        notices = [e for e in await referral_events(log, child, req.referral_id)
+                   if isinstance(e, ReferralOverdue | ReferralEscalated)]
+        assert sorted((type(e).__name__, e.from_sector, e.to_sector) for e in notices) == [
+            ("ReferralEscalated", Sector.SOCIAL, Sector.SOCIAL), ("ReferralOverdue", Sector.HEALTH, Sector.HEALTH)]
+    finally:
+        await app.stop()
+    # Its user can state nothing else: a cross-sector subject is refused by the server.
+    errors: list[Exception] = []
+    deadlines = await connect_as(secured_server, "deadlines", errors)
+    with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
+        await deadlines.jetstream().publish(subjects.event_subject(child, Sector.SOCIAL, Sector.HEALTH), b"{}",
+                                            timeout=1.0)
+    await asyncio.sleep(0.2)
+    assert any("permissions violation for publish" in str(e).lower() for e in errors), errors
+    await deadlines.close()
+    await admin.close()

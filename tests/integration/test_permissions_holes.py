@@ -276,10 +276,32 @@ _SECTOR = {
         "create its inbox consumer; the server holds the config to this filter (10131)",
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.inbox-{s}"): "pull requests on its inbox",
     ("pub", "$JS.ACK.REFBUS.inbox-{s}.>"): "ack, nak, term its inbox deliveries",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS_DEAD_LETTERS.redrive-{s}"): "does its redrive consumer exist",
+    ("pub", "$JS.API.CONSUMER.CREATE.REFBUS_DEAD_LETTERS.redrive-{s}.refbus.dead.{s}.redrive"):
+        "create its redrive consumer, held to its own redrive requests (no payloads there)",
+    ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_DEAD_LETTERS.redrive-{s}"): "pull redrive requests",
+    ("pub", "$JS.ACK.REFBUS_DEAD_LETTERS.redrive-{s}.>"): "ack or nak a redrive request it handled",
     ("sub", "_INBOX.{s}.>"): "its own replies and pull deliveries (reply prefix _INBOX.{s})",
+    # its gateway (services/gateway, issue 15)
+    ("sub", "refbus.cmd.{s}.*"): "take its own system's commands (NATS request/reply, queue group gateway-{s})",
+    ("pub", "_INBOX.{s}-system.>"): "answer them: replies go to its system's reply prefix only",
+    ("pub", "$JS.API.DIRECT.GET.REFBUS"): "the events feed: events addressed to it after a sequence (next_by_subj)",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS.webhook-{s}"): "does its webhook consumer exist (ensure_consumer)",
+    ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.webhook-{s}.refbus.ev.*.*.{s}"):
+        "create its webhook consumer, on its inbox filter only (10131)",
+    ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.webhook-{s}"): "pull the next delivery for its system",
+    ("pub", "$JS.ACK.REFBUS.webhook-{s}.>"): "ack a delivery once its system answered 2xx",
+}
+_SYSTEM = {
+    ("pub", "refbus.cmd.{s}.*"): "send commands to its own sector's gateway, nothing else (no stream access)",
+    ("sub", "_INBOX.{s}-system.>"): "the gateway's replies (reply prefix _INBOX.{s}-system)",
 }
 PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
     **{s.value: {(d, p.format(s=s.value)): why.format(s=s.value) for (d, p), why in _SECTOR.items()} for s in Sector},
+    **{
+        f"{s.value}-system": {(d, p.format(s=s.value)): why.format(s=s.value) for (d, p), why in _SYSTEM.items()}
+        for s in Sector
+    },
     "pager": {
         ("pub", "refbus.page.*"): "write a child's manifest pages",
         ("pub", "refbus.pagedata.*"): "write a child's other pages",
@@ -293,6 +315,19 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_CHILDREN.*"): "pull requests on that reader",
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
+    "deadlines": {
+        **{("pub", f"refbus.ev.*.{s}.{s}"): f"state deadline notices as {s} to itself; no other event is on "
+           "these subjects (the lifecycle refuses any other from==to event)" for s in Sector},
+        ("pub", "$JS.API.STREAM.INFO.REFBUS"): "the log's end (catching up) and a child's event count",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS"): "check a sequence gap while reading (it reads the whole log anyway)",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS_CHILDREN"): "read a child's history before appending a notice",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS_PAGES"): "read a child's history pages",
+        ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.deadlines.refbus.ev.>"):
+            "its reader of the log, named and filtered (the filterless form could repoint an inbox)",
+        ("pub", "$JS.API.CONSUMER.DELETE.REFBUS.deadlines"): "start that reader again from the first event",
+        ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.deadlines"): "pull requests on that reader",
+        ("sub", "_INBOX.deadlines.>"): "its own replies and pull deliveries (reply prefix _INBOX.deadlines)",
+    },
     "operator": {
         ("pub", "$JS.API.INFO"): "account usage and limits",
         ("pub", "$JS.API.STREAM.INFO.*"): "stream state (counts, bytes, sequences)",
@@ -305,6 +340,8 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
             "a consumer to read dead letters (no payloads there: reasons, hashes, advisories)",
         ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_DEAD_LETTERS.>"): "remove that consumer",
         ("pub", "$JS.ACK.REFBUS_DEAD_LETTERS.>"): "ack the dead letters it has handled",
+        ("pub", "refbus.dead.*.redrive"):
+            "ask a sector to handle a dead-lettered log message again (refbus dead redrive); only that",
         ("sub", "_INBOX.operator.>"): "its own replies and dead-letter deliveries (reply prefix _INBOX.operator)",
     },
 }
@@ -315,7 +352,7 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     """Each user's allowed (direction, subject) pairs in nats-permissions.conf."""
     blocks = dict(re.findall(r"^(\w+_PERMISSIONS) = \{(.*?)^\}", text, re.S | re.M))
     users: dict[str, dict[tuple[str, str], None]] = {}
-    for user, rest in re.findall(r"\{ user: (\w+), password: [^,}]+(.*?)\}$", text, re.M):
+    for user, rest in re.findall(r"\{ user: ([\w-]+), password: [^,}]+(.*?)\}$", text, re.M):
         perms = re.search(r"permissions: \$(\w+)", rest)
         if perms is None:
             continue
@@ -333,7 +370,7 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
 def test_every_allow_has_a_reason() -> None:
     text = PERMISSIONS_CONFIG.read_text()
     configured = configured_permissions(text)
-    every_user = set(re.findall(r"\{ user: (\w+),", text))
+    every_user = set(re.findall(r"\{ user: ([\w-]+),", text))
     assert every_user == set(configured) | set(UNRESTRICTED)
     for user, allowed in configured.items():
         reasons = PERMISSIONS.get(user, {})
@@ -348,7 +385,7 @@ def helm_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     users: dict[str, dict[tuple[str, str], None]] = {}
     user, direction = "", ""
     for line in text.splitlines():
-        if found := re.match(r"\s+- user: (\w+)", line):
+        if found := re.match(r"\s+- user: ([\w-]+)", line):
             user, direction = found.group(1), ""
         elif found := re.match(r"\s+(publish|subscribe):", line):
             direction = "pub" if found.group(1) == "publish" else "sub"

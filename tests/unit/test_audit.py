@@ -30,14 +30,25 @@ def test_duplicates_illegal_moves_gaps_and_unreadable_are_found() -> None:
 
 def test_a_referral_past_its_deadline_is_stuck() -> None:
     child = new_child()
-    old = request(child, urgency=Urgency.URGENT)
-    fresh = request(child)
-    report = audit([(1, old, None), (2, fresh, None)], NOW + timedelta(days=4))
+    urgent = request(child, urgency=Urgency.URGENT)  # to be completed within 7 days
+    routine = request(child)  # within 30
+    log = [urgent, answer(ReferralReceived, urgent), answer(ReferralAccepted, urgent),
+           routine, answer(ReferralReceived, routine), answer(ReferralAccepted, routine)]
+    report = audit(((i, e, None) for i, e in enumerate(log, 1)), NOW + timedelta(days=8))
     stuck = [f for f in report.findings if f.kind == "stuck"]
-    assert len(stuck) == 1 and str(old.referral_id) in stuck[0].detail
+    assert len(stuck) == 1 and str(urgent.referral_id) in stuck[0].detail and "completed" in stuck[0].detail
+
+
+def test_an_unreceived_request_is_stuck_within_minutes() -> None:
+    req = request(new_child())
+    assert audit([(1, req, None)], NOW + timedelta(minutes=5)).clean
+    report = audit([(1, req, None)], NOW + timedelta(minutes=20))
+    assert report.count("stuck") == 1 and "received" in report.findings[0].detail
 
 
 def test_respond_by_sets_the_deadline_of_a_request() -> None:
     req = request(new_child(), respond_by=NOW + timedelta(hours=1))
-    assert audit([(1, req, None)], NOW + timedelta(minutes=30)).clean
-    assert not audit([(1, req, None)], NOW + timedelta(hours=2)).clean
+    log = [(1, req, None), (2, answer(ReferralReceived, req), None)]
+    assert audit(log, NOW + timedelta(minutes=30)).clean
+    report = audit(log, NOW + timedelta(hours=2))
+    assert report.count("stuck") == 1 and "respond_by" in report.findings[0].detail

@@ -67,6 +67,7 @@ BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "sectors": st.lists(st.sampled_from(Sector), max_size=len(Sector)).map(tuple),
     "occurred_at": times,
     "respond_by": st.none() | times,
+    "due_at": times,
     "to_sector": st.none() | st.sampled_from(Sector),
     "causation_id": st.none() | st.uuids(),
 }

@@ -31,15 +31,16 @@ DEPLOY = ROOT / "deploy"
 NATS_SERVER = Path(sys.executable).parent / "nats-server"
 PERMISSIONS = DEPLOY / "nats-permissions.conf"
 STREAMS = {subjects.STREAM, subjects.CHILD_INDEX_STREAM, subjects.PAGES_STREAM, subjects.DEAD_LETTER_STREAM}
-NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+           "eleven": 11, "twelve": 12}
 
 
 def _users() -> list[str]:
-    return re.findall(r"\{\s*user:\s*(\w+),", PERMISSIONS.read_text())
+    return re.findall(r"\{\s*user:\s*([\w-]+),", PERMISSIONS.read_text())
 
 
 def _password_env() -> dict[str, str]:
-    return {f"REFBUS_{user.upper()}_PASSWORD": f"dummy-{user}" for user in _users()}
+    return {f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD": f"dummy-{user}" for user in _users()}
 
 
 def _text_files() -> list[Path]:
@@ -61,8 +62,13 @@ def _nats_test(config: Path, env: dict[str, str] | None = None) -> subprocess.Co
 # --- NATS configs --------------------------------------------------------------------------------
 
 
-def test_the_users_are_the_seven_expected() -> None:
-    assert _users() == ["admin", "operator", "social", "health", "education", "justice", "pager"]
+def test_the_users_are_the_twelve_expected() -> None:
+    # deadlines: the deadline service (issue 18); the four <sector>-system users are the sector systems'
+    # own (issue 15): commands to their gateway only.
+    assert _users() == [
+        "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
+        "social-system", "health-system", "education-system", "justice-system",
+    ]
 
 
 def test_nats_server_t_fails_on_a_broken_config(tmp_path: Path) -> None:
@@ -125,6 +131,7 @@ EXPECTED_KINDS = {
     "deployment-education.yaml": "Deployment",
     "deployment-justice.yaml": "Deployment",
     "deployment-pager.yaml": "Deployment",
+    "deployment-deadlines.yaml": "Deployment",
     "secret.example.yaml": "Secret",
     "kustomization.yaml": "Kustomization",
 }
@@ -156,7 +163,7 @@ def test_every_sector_and_the_pager_have_a_deployment_with_its_own_user() -> Non
         assert env["REFBUS_NATS_URL"]["value"].count(f"nats://{key}:$(REFBUS_NATS_PASSWORD)@") == 3, name
         commands[name] = (key, container["command"])
     sector = next(a for a in _subcommands()["service"]._actions if a.dest == "sector")
-    assert set(sector.choices) == {"social", "health", "education", "justice", "pager"}
+    assert set(sector.choices) == {"social", "health", "education", "justice", "pager", "deadlines"}
     for target in sector.choices:
         assert commands[f"deployment-{target}.yaml"] == (target, ["refbus", "service", target])
     assert commands["provision-job.yaml"][0] == "admin"
@@ -310,7 +317,7 @@ def test_every_user_has_a_password_everywhere() -> None:
     values = yaml.safe_load((DEPLOY / "k8s" / "nats-values.yaml").read_text())
     chart_env = values["container"]["env"]
     for user in users:
-        assert chart_env[f"REFBUS_{user.upper()}_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        assert chart_env[f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
             "name": "refbus-nats-users", "key": user}
     chart_users = values["config"]["merge"]["authorization"]["users"]
     assert [u["user"] for u in chart_users] == users

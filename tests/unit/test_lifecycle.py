@@ -47,7 +47,7 @@ PATHS = {
     Status.CANCELLED: [ReferralCancelled],
     Status.ENTERED_IN_ERROR: [ReferralEnteredInError],
 }
-# FHIR Task transitions (design-notes.md); everything else is illegal.
+# FHIR Task transitions (docs/decisions/0009-fhir-lifecycle.md); everything else is illegal.
 LEGAL = {
     Status.REQUESTED: {ReferralAccepted, ReferralRejected, ReferralCancelled, ReferralEnteredInError},
     Status.ACCEPTED: {ReferralInProgress, ReferralOnHold, ReferralCompleted, ReferralFailed, ReferralCancelled,

@@ -50,14 +50,14 @@ def test_nothing_of_a_child_or_a_header_outside_the_contract_is_kept() -> None:
     assert counts.by_type == {metrics.OTHER: 1}
 
 
-def test_deadline_events_are_counted_once_the_contract_has_them(monkeypatch: object) -> None:
+def test_deadline_events_are_counted_by_the_sector_they_are_addressed_to() -> None:
     counts = FlowCounts()
-    _see(counts, Sector.SOCIAL, Sector.HEALTH, "referral.overdue", "c", 1, 1)
-    assert not counts.deadline_events  # not a type of the contract (yet): `other`
-    # The deadlines service's event types, whatever their exact tags, once the contract has them.
-    monkeypatch.setattr(metrics, "EVENT_TYPES", metrics.EVENT_TYPES | {"referral.overdue"})  # type: ignore[attr-defined]
-    _see(counts, Sector.SOCIAL, Sector.HEALTH, "referral.overdue", "c", 2, 2)
-    assert counts.deadline_events == {"health": 1}
+    deadline_types = sorted(t for t in metrics.EVENT_TYPES if "overdue" in t or "escalat" in t)
+    assert deadline_types, "the contract's deadline events (services/deadlines)"
+    for seq, kind in enumerate(deadline_types, 1):
+        _see(counts, Sector.SOCIAL, Sector.HEALTH, kind, "c", seq, seq)
+    _see(counts, Sector.SOCIAL, Sector.HEALTH, "referral.late-ish", "c", 99, 99)  # not in the contract: other
+    assert counts.deadline_events == {"health": len(deadline_types)}
 
 
 def test_server_state_from_jsz_and_connz() -> None:

@@ -1,0 +1,249 @@
+"""Signing keys: one Ed25519 key per sector and one for the bus (seals, key records, the access
+trail), kept in <data_dir>/secrets/keys/ (owner-only, never in the log or the repository).
+
+A key file holds the private key and its record. Rotation makes a new current key for an owner; the
+old one stays valid for what it signed. Revocation records a time: a signature by a revoked key on
+anything stored at or after that time is refused (the server's store time, which a thief of the key
+cannot set). Public records are published to REFBUS_KEYS, each certified by a bus key; a verifier
+trusts the bus keys of its own data dir (the anchor) and through them the rest.
+"""
+
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from refbus.contracts.vocabulary import Sector
+from refbus.services.audit import proof
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+BUS = "bus"
+OWNERS = (*(s.value for s in Sector), BUS)
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    owner: str
+    public_key: bytes
+    created_at: datetime
+    revoked_at: datetime | None = None
+    certified_by: str = ""
+    certificate: bytes = b""
+    "A bus key's signature over the record without these two fields."
+
+    def signed_part(self) -> bytes:
+        return proof.KEY_DOMAIN + msgspec.json.encode(
+            (self.key_id, self.owner, self.public_key, self.created_at, self.revoked_at)
+        )
+
+    def valid_at(self, stored_at: datetime) -> bool:
+        return self.revoked_at is None or stored_at < self.revoked_at
+
+
+class KeyFile(msgspec.Struct, kw_only=True):
+    record: KeyRecord
+    private_key: bytes
+    retired: bool = False
+    "Rotated out: no longer used to sign, still valid for what it signed."
+
+
+class Keyring:
+    """The keys of one deployment: private keys to sign with (current per owner) and public records
+    to verify against."""
+
+    def __init__(self, files: Iterable[KeyFile] = (), records: Iterable[KeyRecord] = ()) -> None:
+        self.files: dict[str, KeyFile] = {f.record.key_id: f for f in files}
+        self._private = {kid: Ed25519PrivateKey.from_private_bytes(f.private_key) for kid, f in self.files.items()}
+        self.records: dict[str, KeyRecord] = {f.record.key_id: f.record for f in self.files.values()}
+        for record in records:
+            self.records.setdefault(record.key_id, record)
+        self._current: dict[str, str] = {}
+        for f in sorted(self.files.values(), key=lambda f: f.record.created_at):
+            if not f.retired and f.record.revoked_at is None:
+                self._current[f.record.owner] = f.record.key_id
+
+    # -- signing --------------------------------------------------------------------------------
+    def current(self, owner: str) -> str | None:
+        """The key id `owner` signs with now: its newest key neither retired nor revoked."""
+        return self._current.get(owner)
+
+    def private(self, kid: str) -> Ed25519PrivateKey | None:
+        return self._private.get(kid)
+
+    def sign(self, owner: str, message: bytes) -> tuple[str, bytes]:
+        kid = self.current(owner)
+        if kid is None:
+            raise LookupError(f"no current key for {owner}")
+        return kid, self._private[kid].sign(message)
+
+    # -- verifying ------------------------------------------------------------------------------
+    def record(self, kid: str) -> KeyRecord | None:
+        return self.records.get(kid)
+
+    def anchors(self) -> dict[str, KeyRecord]:
+        """The bus keys this deployment holds itself: the trust anchor."""
+        return {kid: f.record for kid, f in self.files.items() if f.record.owner == BUS}
+
+    def certify(self, record: KeyRecord) -> KeyRecord:
+        kid, sig = self.sign(BUS, record.signed_part())
+        return msgspec.structs.replace(record, certified_by=kid, certificate=sig)
+
+    def public_records(self) -> list[KeyRecord]:
+        return [self.certify(r) for r in sorted(self.records.values(), key=lambda r: (r.owner, r.created_at))]
+
+
+def trusted(records: Iterable[KeyRecord], anchors: dict[str, KeyRecord]) -> dict[str, KeyRecord]:
+    """The records a bus key of the anchor certifies: per key id the newest, except that a revocation
+    stands once certified (the earliest revocation time wins)."""
+    found: dict[str, KeyRecord] = {}
+    for record in records:
+        anchor = anchors.get(record.certified_by)
+        if anchor is None or not proof.verify_signature(anchor.public_key, record.certificate, record.signed_part()):
+            continue
+        if record.owner == BUS and record.key_id not in anchors:
+            continue  # only the anchor names the bus keys
+        known = found.get(record.key_id)
+        if known is not None and known.revoked_at is not None and (
+            record.revoked_at is None or record.revoked_at > known.revoked_at
+        ):
+            continue  # a revocation stands: an older certified record replayed later does not undo it
+        found[record.key_id] = record
+    for kid, anchor in anchors.items():
+        found.setdefault(kid, anchor)
+    return found
+
+
+# -- on disk -------------------------------------------------------------------------------------
+_file_encoder = msgspec.json.Encoder()
+_file_decoder = msgspec.json.Decoder(KeyFile)
+
+
+def keys_dir(data_dir: Path) -> Path:
+    return data_dir / "secrets" / "keys"
+
+
+def load(data_dir: Path) -> Keyring:
+    folder = keys_dir(data_dir)
+    files = [_file_decoder.decode(p.read_bytes()) for p in sorted(folder.glob("*.key"))] if folder.is_dir() else []
+    return Keyring(files)
+
+
+def _write(folder: Path, key_file: KeyFile) -> None:
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{key_file.record.key_id}.key"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(_file_encoder.encode(key_file))
+    tmp.replace(path)
+
+
+def new_key(data_dir: Path, owner: str, now: datetime | None = None) -> KeyFile:
+    """A new current key for `owner`; its earlier keys are retired (still valid for what they signed)."""
+    if owner not in OWNERS:
+        raise ValueError(f"no such key owner: {owner}")
+    folder = keys_dir(data_dir)
+    for old in load(data_dir).files.values():
+        if old.record.owner == owner and not old.retired:
+            old.retired = True
+            _write(folder, old)
+    private = Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    raw = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = proof.public_bytes(private)
+    record = KeyRecord(key_id=proof.key_id(owner, public), owner=owner, public_key=public,
+                       created_at=now or datetime.now(UTC))
+    key_file = KeyFile(record=record, private_key=raw)
+    _write(folder, key_file)
+    return key_file
+
+
+def ensure(data_dir: Path) -> Keyring:
+    """The deployment's keyring, making a key for every owner that has none (first start)."""
+    ring = load(data_dir)
+    missing = [owner for owner in OWNERS if ring.current(owner) is None]
+    for owner in missing:
+        new_key(data_dir, owner)
+    return load(data_dir) if missing else ring
+
+
+def revoke(data_dir: Path, kid: str, at: datetime | None = None) -> KeyRecord:
+    ring = load(data_dir)
+    key_file = ring.files.get(kid)
+    if key_file is None:
+        raise LookupError(f"no key {kid} in {keys_dir(data_dir)}")
+    key_file.record = msgspec.structs.replace(key_file.record, revoked_at=at or datetime.now(UTC))
+    key_file.retired = True
+    _write(keys_dir(data_dir), key_file)
+    return key_file.record
+
+
+# -- in the bus ---------------------------------------------------------------------------------
+_record_decoder = msgspec.json.Decoder(KeyRecord)
+
+
+async def publish(nc: "NATS", ring: Keyring, wait: float = 5.0) -> int:
+    """Publish every public record of the ring to REFBUS_KEYS, certified by the bus (again only
+    what changed: the message id names the record's state)."""
+    from refbus.contracts import subjects
+    from refbus.services.eventstore import jetstream
+
+    js = nc.jetstream(timeout=wait)
+    for record in ring.public_records():
+        state = "revoked" if record.revoked_at else "valid"
+        await js.publish(subjects.key_subject(record.key_id), msgspec.json.encode(record),
+                         headers={jetstream.MSG_ID: f"key:{record.key_id}:{state}"})
+    return len(ring.records)
+
+
+async def published(nc: "NATS", wait: float = 5.0) -> list[KeyRecord]:
+    """Every key record in the bus, oldest first."""
+    from refbus.contracts import subjects
+    from refbus.services.eventstore.jetstream import BatchedDirectGet
+
+    try:
+        messages = await BatchedDirectGet(nc).all_on(subjects.KEYS_STREAM, subjects.KEYS_SUBJECTS, 1, wait)
+    except (RuntimeError, TimeoutError):
+        return []
+    found = []
+    for msg in messages:
+        try:
+            found.append(_record_decoder.decode(msg.data))
+        except msgspec.DecodeError:
+            continue
+    return found
+
+
+async def trusted_records(nc: "NATS", ring: Keyring, wait: float = 5.0) -> dict[str, KeyRecord]:
+    """The key records a verifier goes by: those in the bus that a bus key of `ring` (the anchor)
+    certifies, and the ring's own (a revocation recorded in either counts)."""
+    found = trusted(await published(nc, wait), ring.anchors())
+    for kid, record in ring.records.items():
+        known = found.get(kid)
+        if known is None or (record.revoked_at and not known.revoked_at):
+            found[kid] = record
+    return found
+
+
+# -- the process's signing keys ------------------------------------------------------------------
+_installed: Keyring | None = None
+
+
+def install(ring: Keyring | None) -> None:
+    """Make `ring` the keys that stores built without one sign with (open_bus installs the
+    deployment's)."""
+    global _installed
+    _installed = ring
+
+
+def installed() -> Keyring | None:
+    return _installed

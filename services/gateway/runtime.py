@@ -1,0 +1,71 @@
+"""A sector service's gateway, started with it (services/sector/app.py): HTTP (when a port is
+configured), NATS request/reply, and webhook delivery (when a URL is configured)."""
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+import structlog
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from refbus.contracts.vocabulary import Sector
+from refbus.services.eventstore.store import EventStore
+from refbus.services.gateway.config import GatewayConfig
+from refbus.services.gateway.core import Gateway
+from refbus.services.gateway.feed import FeedReader
+from refbus.services.gateway.http import gateway_app
+from refbus.services.gateway.requests import CommandResponder
+from refbus.services.gateway.webhooks import WebhookDelivery
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class GatewayRuntime:
+    sector: Sector
+    config: GatewayConfig
+    gateway: Gateway | None = None
+    webhooks: WebhookDelivery | None = None
+    responder: CommandResponder | None = None
+    http: uvicorn.Server | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self, nc: NATS, store: EventStore, id_key: bytes, ack_wait: float = 30.0) -> None:
+        self.gateway = Gateway(self.sector, store, id_key)
+        if self.config.nats_commands:
+            self.responder = CommandResponder(nc, self.gateway)
+            await self.responder.start()
+        if self.config.http_port is not None:
+            app = gateway_app({self.sector: self.gateway}, self.config.tokens, FeedReader(nc))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app, host=self.config.http_host, port=self.config.http_port, log_level="warning",
+                    lifespan="off", access_log=False,
+                )
+            )
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the app's own
+            self.http = server
+            self._tasks.append(asyncio.create_task(server.serve()))
+            while not server.started:
+                if self._tasks[0].done():
+                    self._tasks[0].result()  # raises why it could not start (port taken)
+                await asyncio.sleep(0.02)
+            log.info("gateway_http_started", sector=self.sector.value, port=self.config.http_port)
+        if self.config.webhook_url:
+            self.webhooks = WebhookDelivery(
+                nc, self.sector, self.config.webhook_url, self.config.webhook_secret,
+                retry_max_s=self.config.retry_max_s, timeout_s=self.config.webhook_timeout_s, ack_wait=ack_wait,
+            )
+            await self.webhooks.start()
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.should_exit = True
+        for task in self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5.0)
+        if self.responder is not None:
+            await self.responder.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()

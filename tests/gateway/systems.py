@@ -1,0 +1,123 @@
+"""Helpers for the gateway's end-to-end tests: a sector system in Node, sector services with their
+gateways on a real server."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from faststream import FastStream
+
+from refbus.contracts.vocabulary import Sector
+from refbus.services.gateway.config import GatewayConfig
+from refbus.services.rules.policy import SectorPolicy
+from refbus.services.runtime.embedded import free_port, port_open
+from refbus.services.runtime.settings import Settings
+from refbus.services.sector.app import sector_app
+from tests.services import TEST_EVENT_ID_KEY
+
+NODE_SYSTEM = Path(__file__).with_name("sector_system.js")
+TOKENS = {s: f"test-token-{s.value}-{os.urandom(8).hex()}" for s in Sector}
+SECRETS = {s: "whsec_" + __import__("base64").b64encode(os.urandom(32)).decode() for s in Sector}
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+
+
+@dataclass
+class NodeSystem:
+    sector: Sector
+    port: int
+    log: Path
+    gateway: str
+    act: bool = False
+    delay_ms: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    token: str | None = None
+    secret: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhook"
+
+    def start(self) -> "NodeSystem":
+        env = {
+            **os.environ,
+            "WEBHOOK_SECRET": self.secret or SECRETS[self.sector],
+            "GATEWAY": self.gateway,
+            "TOKEN": self.token or TOKENS[self.sector],
+            "SECTOR": self.sector.value,
+            "ACT": "1" if self.act else "0",
+            "DELAY_MS": str(self.delay_ms),
+        }
+        self.process = subprocess.Popen(["node", str(NODE_SYSTEM), str(self.port), str(self.log)], env=env)
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the node sector system did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(5)
+            self.process = None
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line["kind"] == "webhook"]
+
+    def answers(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line["kind"] == "answer"]
+
+
+def gateway_config(port: int, webhook: str | None, sector: Sector, external: bool = False) -> GatewayConfig:
+    return GatewayConfig(
+        http_port=port,
+        webhook_url=webhook,
+        webhook_secret=SECRETS[sector],
+        external=external,
+        tokens=dict(TOKENS),
+        retry_max_s=0.5,
+        webhook_timeout_s=2.0,
+    )
+
+
+@asynccontextmanager
+async def gateways(
+    url: str, policies: Mapping[Sector, SectorPolicy], configs: Mapping[Sector, GatewayConfig], tmp: Path
+) -> AsyncIterator[dict[Sector, FastStream]]:
+    settings = Settings(nats_url=url, event_id_key_hex=TEST_EVENT_ID_KEY.hex(), data_dir=tmp, ack_wait=5.0)
+    apps = {s: sector_app(s, p, settings, gateway=configs[s]) for s, p in policies.items()}
+    for app in apps.values():
+        await app.start()
+    try:
+        yield apps
+    finally:
+        for app in apps.values():
+            await app.stop()
+
+
+def ports(n: int) -> list[int]:
+    found: set[int] = set()
+    while len(found) < n:
+        found.add(free_port())
+    return sorted(found)
+
+
+async def post(base: str, sector: Sector, kind: str, body: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        headers = {"Authorization": f"Bearer {TOKENS[sector]}"}
+        return await client.post(f"{base}/v1/{sector.value}/commands/{kind}", json=body, headers=headers)
