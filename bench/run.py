@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import metrics_cost  # bench/metrics_cost.py: the script's folder is on sys.path
 import nats
 from audit import measure as audit_measure  # bench/audit.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
@@ -461,7 +462,7 @@ async def end_to_end(
         await nc.close()
     finally:
         try:
-            stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])])
+            stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])], wait=60)
         finally:
             server.stop()  # also when a measurement fails: no orphaned processes
     return {
@@ -658,6 +659,8 @@ async def run(workdir: Path) -> dict[str, object]:
     results["audit"] = await audit_measure(100_000)  # bench/audit.py
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
+    # The services' metrics off and on at the latency rate (bench/metrics_cost.py).
+    results["metrics_cost"] = await metrics_cost.compare(end_to_end, workdir / "metrics", LATENCY_RATE, LATENCY_SECONDS)
     return results
 
 
@@ -789,8 +792,16 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=int, default=LATENCY_RATE, help="end to end: referrals offered per second")
     parser.add_argument("--seconds", type=int, default=LATENCY_SECONDS, help="end to end: how long they are offered")
+    parser.add_argument("--metrics-cost", action="store_true", help="only the end-to-end run with the services' "
+                        "metrics off and on (bench/metrics_cost.py), printed as JSON")
+    parser.add_argument("--rounds", type=int, default=1, help="--metrics-cost: pairs of runs (off, on)")
     parser.add_argument("--no-deadlines", action="store_true", help="end to end: without the deadline service")
     args = parser.parse_args()
+    if args.metrics_cost:
+        with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
+            cost = metrics_cost.compare(end_to_end, args.workdir or Path(tmp), args.rate, args.seconds, args.rounds)
+            print(json.dumps(asyncio.run(cost), indent=2))
+        return 0
     if args.e2e_only:
         with tempfile.TemporaryDirectory(prefix="refbus-bench-") as tmp:
             run_e2e = end_to_end(args.workdir or Path(tmp), args.rate, args.seconds, not args.no_deadlines)
@@ -806,6 +817,7 @@ def main() -> int:
     plot(results, RESULTS / "latest.png")
     print()
     print(table(results))
+    print(metrics_cost.summary(results["metrics_cost"]))  # type: ignore[arg-type]
     print(f"\nwritten: {RESULTS / 'latest.json'}, {RESULTS / 'latest.png'} ({results['bench_seconds']} s)")
     return 0
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from refbus import audit_commands, bus_commands, dead, log_commands
+from refbus import audit_commands, bus_commands, dead, log_commands, monitor
 from refbus.cli_support import (
     EXIT_BUS,
     EXIT_INTERRUPTED,
@@ -156,5 +156,6 @@ COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     log_commands.add_commands,
     dead.add_commands,
     audit_commands.register,  # keys, verify, seal, timeline, export, access, replay (issue 16)
+    monitor.add_commands,  # monitor, exporter (issue 18: refbus/monitor.py)
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]

@@ -9,11 +9,11 @@ from nats.aio.client import Client as NATS
 
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.gateway.config import GatewayConfig
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.gateway.runtime import GatewayRuntime
 from refbus.services.rules.policy import SectorPolicy
+from refbus.services.runtime import instrument
 from refbus.services.runtime.app import service_app
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.inbox import Inbox, ensure_consumer
@@ -36,15 +36,18 @@ def sector_app(
     sector's gateway (services/gateway: commands over HTTP and NATS, webhook delivery)."""
     inboxes: list[Inbox] = []
     services: list[SectorService] = []
+    samplers: list[instrument.LagSampler] = []
     gateways: list[GatewayRuntime] = []
 
     async def start_inbox(nc: NATS) -> None:
-        store = JetStreamEventStore(nc, ring=settings.keyring())
+        store = instrument.event_store(nc, ring=settings.keyring())  # counts what it appends
         service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
-        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, service.handle, workers))
+        handle = instrument.handler(sector, service.handle)  # service.handle itself with REFBUS_METRICS=0
+        inboxes.append(Inbox(nc, subjects.STREAM, service.consumer_name, handle, workers))
         await inboxes[0].start()
+        samplers.extend(filter(None, [instrument.lag_sampler(nc, sector, service.consumer_name)]))
         # Redrive requests from operators (refbus dead redrive): a few at a time is plenty.
         redriver = Redriver(service)
         await ensure_consumer(nc, subjects.DEAD_LETTER_STREAM, redrive_consumer(sector, settings.ack_wait))
@@ -56,6 +59,8 @@ def sector_app(
         await gateways[0].start(nc, service.store, service.id_key, settings.ack_wait)
 
     async def stop_inbox() -> None:
+        for sampler in samplers:
+            await sampler.stop()
         for runtime in gateways:
             await runtime.stop()
         for inbox in inboxes:

@@ -27,6 +27,7 @@ from refbus.services.rules.decisions import onward_request, receipt, step_event
 from refbus.services.rules.lifecycle import IllegalEvent, check
 from refbus.services.rules.policy import SectorPolicy, Step
 from refbus.services.rules.state import ChildState, apply, fold
+from refbus.services.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +119,7 @@ class SectorService:
             except Exception as exc:
                 delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
+                metrics.handler_failed(self.sector)
                 if delivered >= MAX_DELIVER:
                     # The last delivery: a dead letter with the subject and the reason, which the
                     # server's advisory lacks, so that an operator can redrive it after the fix.
@@ -254,4 +256,5 @@ class SectorService:
             set_aside_at=self.clock(),
         )
         await self.store.set_aside(self.sector.value, record)
+        metrics.set_aside(self.sector, reason)  # refbus_dead_letters_total (and refusals by rule): codes only
         log.warning("set_aside", seq=seq, reason=reason)
