@@ -159,3 +159,7 @@ COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     monitor.add_commands,  # monitor, exporter (issue 18: refbus/monitor.py)
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
