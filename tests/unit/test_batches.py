@@ -46,3 +46,16 @@ def test_the_append_headers_name_the_event_and_its_chain() -> None:
     assert headers["Nats-Expected-Last-Subject-Sequence"] == "41"
     assert headers["Nats-Expected-Last-Subject-Sequence-Subject"] == f"refbus.ev.{event.child}.>"
     assert "Nats-Expected-Last-Subject-Sequence" not in headers_for(event, None)
+
+
+def test_headers_are_parsed_as_nats_py_parses_them() -> None:
+    """services/eventstore/jetstream.py replaces nats-py's header parser with a faster one: same dict."""
+    from refbus.services.eventstore.jetstream import nats_py_parse_header_lines, parse_header_lines
+
+    for raw in [
+        b"Nats-Msg-Id: 1\r\nRefbus-Sig: 2/5 abc def\r\n\r\n",
+        b"A:b\r\nC:\td \r\nbad name: x\r\nno colon\r\n  Spaced : v\r\nK: v:w:x\r\n\r\n",
+        "K: caf\u00e9\r\nN\u00e9: x\r\n".encode(),
+        b"",
+    ]:
+        assert parse_header_lines(raw) == nats_py_parse_header_lines(raw), raw
