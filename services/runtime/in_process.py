@@ -2,7 +2,7 @@
 production each runs as its own process or container (`refbus service <sector>|pager|deadlines`)."""
 
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 
 from faststream import FastStream
@@ -55,8 +55,8 @@ async def sector_services(
 
 
 @asynccontextmanager
-async def history_pager(url: str, settings: Settings) -> AsyncIterator[FastStream]:
-    app = pager_app(replace(settings, nats_url=url, health_port=health_port(settings, "pager")))
+async def running(app: FastStream) -> AsyncIterator[FastStream]:
+    """An app started for the block's length."""
     await app.start()
     try:
         yield app
@@ -64,11 +64,9 @@ async def history_pager(url: str, settings: Settings) -> AsyncIterator[FastStrea
         await app.stop()
 
 
-@asynccontextmanager
-async def deadline_service(url: str, settings: Settings) -> AsyncIterator[FastStream]:
-    app = deadlines_app(replace(settings, nats_url=url, health_port=health_port(settings, "deadlines")))
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
+def history_pager(url: str, settings: Settings) -> AbstractAsyncContextManager[FastStream]:
+    return running(pager_app(replace(settings, nats_url=url, health_port=health_port(settings, "pager"))))
+
+
+def deadline_service(url: str, settings: Settings) -> AbstractAsyncContextManager[FastStream]:
+    return running(deadlines_app(replace(settings, nats_url=url, health_port=health_port(settings, "deadlines"))))
