@@ -521,7 +521,7 @@ async def measure_log(
     raw_config = streams.log_config()
     raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
     await js.add_stream(raw_config)
-    # Every guarantee on: events signed by their sector and chained (docs/decisions/0011).
+    # Every guarantee on: events signed by their sector and chained (docs/decisions/0013-tamper-evidence.md).
     eventlog = JetStreamEventStore(nc, timeout=10, ring=keys.ensure(pilot_file.parent / "keys"))
     results: dict[str, object] = {"environment": environment(nc.connected_server_version.__str__())}
     paging: dict[str, float] = {}

@@ -10,7 +10,7 @@ stream, keeps them):
   are signed together, up to GROUP at a time, by one Ed25519 signature over the Merkle root of their
   chain hashes; every member carries the signature and its Merkle path (X-Road's batch signatures
   over hash trees). One signature per group keeps signing and verifying affordable (docs/decisions/
-  0011-tamper-evidence.md has the measurements), and each event still verifies on its own (a child's
+  0013-tamper-evidence.md has the measurements), and each event still verifies on its own (a child's
   history, a page).
 """
 
