@@ -36,7 +36,7 @@ def demo(own_server: EmbeddedNats, tmp_path: Path) -> Iterator[subprocess.Popen[
     simulated sectors at their own pace) so that the monitor sees them move."""
     process = subprocess.Popen(
         [*REFBUS, "demo", "--nats-url", own_server.url, "--data-dir", str(tmp_path / "demo"),
-         "--children", "150", "--sim-speed", "1", "--timeout", "90"],
+         "--children", "150", "--sim-speed", "0.2", "--timeout", "120"],
         env=_env(), stdout=subprocess.DEVNULL, stderr=(tmp_path / "demo.log").open("wb"),
     )
     yield process

@@ -93,7 +93,12 @@ async def test_a_forged_sender_is_caught(ring: keys.Keyring) -> None:
 
 async def test_an_unsigned_event_is_caught(ring: keys.Keyring) -> None:
     messages, _ = await _log(ring, children=1)
-    unsigned, _ = await _log(None, children=1)  # type: ignore[arg-type]
+    installed = keys.installed()
+    keys.install(None)  # no process-wide keys either (another test may have installed some)
+    try:
+        unsigned, _ = await _log(None, children=1)  # type: ignore[arg-type]
+    finally:
+        keys.install(installed)
     _, at, subject, headers, data = unsigned[0]
     messages.append((messages[-1][0] + 1, at, subject, headers, data))
     assert _first(_verify(ring, messages)) == (messages[-1][0], "unsigned")
