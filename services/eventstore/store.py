@@ -117,11 +117,17 @@ class EventStore(ABC):
         """Keep a dead letter for operators, filed under `by` (a sector); idempotent per consumer
         and sequence."""
 
-    async def load(self, child: str, *, min_seq: int = 0, fresh: bool = True) -> ChildState:
+    async def load(
+        self, child: str, *, min_seq: int = 0, fresh: bool = True, legal: tuple[int, Event] | None = None
+    ) -> ChildState:
         """The child's state as of every acknowledged write (and at least `min_seq`). `fresh=False`
-        skips read-your-writes: for writers whose appends the sequence check protects anyway."""
+        skips read-your-writes: for writers whose appends the sequence check protects anyway.
+        `legal=(seq, event)`: on the way, check that `event`, stored at `seq`, was legal where the log
+        put it (IllegalEvent otherwise): a reader's check of what a raw writer may have slipped in."""
         state = ChildState(child=child)
         for stored in await self.history(child, min_seq=min_seq, fresh=fresh, paged=False):
+            if legal is not None and stored.seq == legal[0]:
+                lifecycle.check(state, legal[1])
             if stored.event is not None:
                 apply(state, stored.event, stored.seq)
             else:

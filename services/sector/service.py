@@ -24,9 +24,9 @@ from refbus.services.audit import proof
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken
 from refbus.services.eventstore.store import EventStore
 from refbus.services.rules.decisions import onward_request, receipt, step_event
-from refbus.services.rules.lifecycle import IllegalEvent, check
+from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.rules.policy import SectorPolicy, Step
-from refbus.services.rules.state import ChildState, apply, fold
+from refbus.services.rules.state import ChildState, apply
 from refbus.services.runtime import metrics
 
 log = structlog.get_logger(__name__)
@@ -148,17 +148,14 @@ class SectorService:
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went; whoever
                 # wrote it, it must have been legal where the log put it.
-                await self.state_before(event, seq)
+                await self.checked_state(event, seq)
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
 
-    async def state_before(self, event: AnyEvent, seq: int) -> ChildState:
-        """The child just before `event` (stored at `seq`); raises IllegalEvent if `event` may not
-        follow it (a raw writer slipped it past the services)."""
-        history = await self.store.history(event.child, min_seq=seq, fresh=False, paged=False)
-        before = fold(event.child, [(h.seq, h.event) for h in history if h.seq < seq and h.event is not None])
-        check(before, event)
-        return before
+    async def checked_state(self, event: AnyEvent, seq: int) -> ChildState:
+        """The child as the log holds it, `event` (stored at `seq`) included; raises IllegalEvent if
+        `event` was not legal where the log put it (a raw writer slipped it past the services)."""
+        return await self.store.load(event.child, min_seq=seq, fresh=False, legal=(seq, event))
 
     async def acknowledge_receipt(
         self, request: ReferralRequested, seq: int, link: proof.Link | None = None
@@ -180,10 +177,8 @@ class SectorService:
             return None
         if not done.stored:
             return None
-        history = await self.store.history(request.child, min_seq=seq, fresh=False, paged=False)
         # The request itself must have been legal where the log put it (whoever wrote it).
-        check(fold(request.child, [(h.seq, h.event) for h in history if h.seq < seq and h.event]), request)
-        state = fold(request.child, [(h.seq, h.event) for h in history if h.event is not None])
+        state = await self.checked_state(request, seq)
         if event.event_id not in state.event_ids:
             apply(state, event, done.stored[0])
         if state.last_seq == done.state.chain_seq:  # the receipt is the newest: its link is known
@@ -206,9 +201,9 @@ class SectorService:
             return []
 
         state = await self.acknowledge_receipt(request, seq, link) if first_delivery else None
-        if state is None:
-            await self.state_before(request, seq)
-            state = (await self.store.transact(request.child, receive, min_seq=seq)).state
+        if state is None:  # one read: the child, the request checked on the way
+            state = await self.checked_state(request, seq)
+            state = (await self.store.transact(request.child, receive, min_seq=seq, state=state)).state
         while True:
             referral = state.referrals[rid]
             step = await self.policy.next_step(referral, state)
