@@ -105,65 +105,64 @@ def _health_lines(settings: Settings) -> list[str]:
 
 
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    async with _the_bus_running(args, settings, "up", "refbus is up: "):
+        say("Ctrl-C stops")
+        await asyncio.Event().wait()  # until a signal cancels us
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _the_bus_running(args: argparse.Namespace, settings: Settings, what: str, title: str) -> Any:
+    """`up` and `demo`: the data dir's one bus, with the services, the pager and the deadline service."""
     from refbus.services.runtime.bus import open_bus
     from refbus.services.runtime.in_process import deadline_service, history_pager, sector_services
 
-    with _one_per_data_dir(settings, "up"):
+    with _one_per_data_dir(settings, what):
         async with open_bus(settings, exclusive=True, announce=False) as bus:
             async with sector_services(bus.url, settings), history_pager(bus.url, settings), \
                     deadline_service(bus.url, settings):
-                say(f"refbus is up: {bus.description}; {_where_data(settings)}{_where_logs(args)}")
+                say(f"{title}{bus.description}; {_where_data(settings)}{_where_logs(args)}")
                 for line in _health_lines(settings):
                     say(line)
-                say("Ctrl-C stops")
-                await asyncio.Event().wait()  # until a signal cancels us
-    return 0
+                yield bus
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.community import community
     from refbus.services.eventstore.bulk import write_all
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
-    from refbus.services.runtime.bus import open_bus
-    from refbus.services.runtime.in_process import deadline_service, history_pager, sector_services
     from refbus.summary import summarise
 
-    with _one_per_data_dir(settings, "demo"):
-        async with open_bus(settings, exclusive=True, announce=False) as bus:
-            async with sector_services(bus.url, settings), history_pager(bus.url, settings), \
-                    deadline_service(bus.url, settings):
-                say(f"{bus.description}; {_where_data(settings)}{_where_logs(args)}")
-                for line in _health_lines(settings):
-                    say(line)
-                eventlog = JetStreamEventStore(bus.nc)
-                cases = list(community(args.children, args.seed))
-                present = await eventlog.children()
-                new = [case for case in cases if case.child not in present]
-                sent = 0
-                for case in new:
-                    report = await write_all(eventlog, case.events)
-                    if report.stored:
-                        sent += len(case.referrals)
-                ours = {case.child for case in cases}
-                if not new:
-                    say(f"the community of {args.children} children (seed {args.seed}) is already in the log: "
-                         "0 new referrals sent")
-                else:
-                    again = f" ({len(cases) - len(new)} of its children were already in the log)" if len(new) < len(
-                        cases) else ""
-                    say(f"the community of {args.children} children (seed {args.seed}): {sent} referrals sent{again}")
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + args.timeout
-                summary = await summarise(eventlog)
-                if summary.open_of(ours):
-                    say(f"waiting up to {args.timeout:g} s for its {summary.open_of(ours)} open referrals to settle")
-                while summary.open_of(ours) and loop.time() < deadline:
-                    await asyncio.sleep(1.0)
-                    summary = await summarise(eventlog)
-                say(summary.render())
-                still = summary.open_of(ours)
-                if still:
-                    say(f"{still} of the community's referrals still open after {args.timeout:g} s")
+    async with _the_bus_running(args, settings, "demo", "") as bus:
+        eventlog = JetStreamEventStore(bus.nc)
+        cases = list(community(args.children, args.seed))
+        present = await eventlog.children()
+        new = [case for case in cases if case.child not in present]
+        sent = 0
+        for case in new:
+            report = await write_all(eventlog, case.events)
+            if report.stored:
+                sent += len(case.referrals)
+        ours = {case.child for case in cases}
+        if not new:
+            say(f"the community of {args.children} children (seed {args.seed}) is already in the log: "
+                 "0 new referrals sent")
+        else:
+            again = f" ({len(cases) - len(new)} of its children were already in the log)" if len(new) < len(
+                cases) else ""
+            say(f"the community of {args.children} children (seed {args.seed}): {sent} referrals sent{again}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.timeout
+        summary = await summarise(eventlog)
+        if summary.open_of(ours):
+            say(f"waiting up to {args.timeout:g} s for its {summary.open_of(ours)} open referrals to settle")
+        while summary.open_of(ours) and loop.time() < deadline:
+            await asyncio.sleep(1.0)
+            summary = await summarise(eventlog)
+        say(summary.render())
+        still = summary.open_of(ours)
+        if still:
+            say(f"{still} of the community's referrals still open after {args.timeout:g} s")
     return 0 if not still else EXIT_NO
 
 

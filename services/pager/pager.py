@@ -5,14 +5,12 @@ event (why, with measurements: docs/decisions/0004-history-pages.md).
 How: a consumer of its own reads the index from the last checkpoint, a batch at a time. A child's
 new events wait in memory for up to `flush_after` seconds (or until PAGE_EVENTS of them), then are
 written as a run of pages; a new run absorbs the runs before it that are no bigger than it (and any
-beyond MAX_RUNS, and all of a history of up to WHOLE_HISTORY_EVENTS), so a child has O(log n) runs
-and each event is rewritten O(log n) times (up to WHOLE_HISTORY_EVENTS times while the history is
-short). The run's last page is the child's manifest; pages it supersedes are deleted after it is
-acknowledged.
+beyond MAX_RUNS, and all of a history of up to WHOLE_HISTORY_EVENTS): O(log n) runs, each event
+rewritten O(log n) times. A run's last page is the child's manifest; the pages it supersedes are
+deleted once it is acknowledged.
 
-Correctness never depends on the pager: a reader takes what the newest manifest names, checked,
-and reads the rest from the index. A pager that is behind, stopped or restarted makes reads
-slower, never wrong. One pager per bus: two would write over each other's manifests.
+Correctness never depends on the pager: a reader takes what the newest manifest names, checked, and
+the rest from the index; a pager behind or stopped makes reads slower, never wrong. One per bus.
 """
 
 import asyncio
