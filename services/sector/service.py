@@ -152,10 +152,12 @@ class SectorService:
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
 
-    async def checked_state(self, event: AnyEvent, seq: int) -> ChildState:
+    async def checked_state(self, event: AnyEvent, seq: int, fresh: bool = False) -> ChildState:
         """The child as the log holds it, `event` (stored at `seq`) included; raises IllegalEvent if
-        `event` was not legal where the log put it (a raw writer slipped it past the services)."""
-        return await self.store.load(event.child, min_seq=seq, fresh=False, legal=(seq, event))
+        `event` was not legal where the log put it (a raw writer slipped it past the services).
+        `fresh`: read-your-writes, asking the log's leader (a state to decide on needs it: without it,
+        recovery from a stream-leader failover broke, tests/faults/test_cluster.py)."""
+        return await self.store.load(event.child, min_seq=seq, fresh=fresh, legal=(seq, event))
 
     async def acknowledge_receipt(
         self, request: ReferralRequested, seq: int, link: proof.Link | None = None
@@ -202,7 +204,7 @@ class SectorService:
 
         state = await self.acknowledge_receipt(request, seq, link) if first_delivery else None
         if state is None:  # one read: the child, the request checked on the way
-            state = await self.checked_state(request, seq)
+            state = await self.checked_state(request, seq, fresh=True)
             state = (await self.store.transact(request.child, receive, min_seq=seq, state=state)).state
         while True:
             referral = state.referrals[rid]
