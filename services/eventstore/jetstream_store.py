@@ -22,6 +22,7 @@ from refbus.services.eventstore.writer import GroupCommit
 class JetStreamEventStore(EventStore):
     def __init__(self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None) -> None:
         """`ring`: the keys events are signed with; default: the process's (keys.install)."""
+        super().__init__()
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
@@ -46,6 +47,9 @@ class JetStreamEventStore(EventStore):
         self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, fresh: bool = True, paged: bool = True
     ) -> list[StoredEvent]:
         return await self.reader.history(child, min_seq=min_seq, upto_seq=upto_seq, fresh=fresh, paged=paged)
+
+    async def event_count(self, child: str) -> int:
+        return await self.reader.event_count(child)
 
     def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
         return replay(self.reader, from_seq)

@@ -15,6 +15,7 @@ from refbus.services.eventstore.store import EventStore
 
 class InMemoryEventStore(EventStore):
     def __init__(self, ring: keys.Keyring | None = None) -> None:
+        super().__init__()
         self.ring = ring
         self.log: list[StoredEvent] = []
         self.messages: list[tuple[int, datetime, str, dict[str, str], bytes]] = []
@@ -68,6 +69,9 @@ class InMemoryEventStore(EventStore):
             e for e in self.log
             if e.event is not None and e.event.child == child and (upto_seq is None or e.seq <= upto_seq)
         ]
+
+    async def event_count(self, child: str) -> int:
+        return sum(1 for e in self.log if e.event is not None and e.event.child == child)
 
     async def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:  # type: ignore[override]
         for stored in self.log[from_seq - 1 :]:

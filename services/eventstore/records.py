@@ -3,10 +3,12 @@
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import msgspec
 
 from refbus.contracts.events import AnyEvent, Event
+from refbus.services.audit.proof import Link
 from refbus.services.rules.state import ChildState
 
 
@@ -25,6 +27,15 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     "Its Refbus-Key header: the key that signs it."
     sig: str | None = None
     "Its Refbus-Sig header, on the last event of a signing group."
+
+
+class Delivered(NamedTuple):
+    """An event as a consumer got it from the log: where it is, its bytes and its chain link."""
+
+    seq: int
+    event: Event
+    body: bytes = b""
+    link: Link | None = None
 
 
 class DeadLetter(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ receipts and bulk import all write through it. Two stores implement the rest: `J
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 
 import structlog
@@ -16,14 +17,28 @@ import structlog
 from refbus.contracts import codec
 from refbus.contracts.events import Event
 from refbus.services.audit import proof
-from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, Decide, StoredEvent, Transacted
+from refbus.services.eventstore.records import (
+    ConcurrencyConflict,
+    DeadLetter,
+    Decide,
+    Delivered,
+    StoredEvent,
+    Transacted,
+)
 from refbus.services.rules import lifecycle
 from refbus.services.rules.state import ChildState, apply
 
 log = structlog.get_logger(__name__)
 
+# Children whose state a store keeps after reading or writing them, so that the next read of one is
+# a count, or nothing (docs/decisions/0014-recent-children.md).
+RECENT_CHILDREN = 2048
+
 
 class EventStore(ABC):
+    def __init__(self) -> None:
+        self._recent: OrderedDict[str, ChildState] = OrderedDict()
+
     # -- the one write verb ----------------------------------------------------------------------
 
     async def transact(
@@ -74,6 +89,7 @@ class EventStore(ABC):
             for event in events:
                 link = proof.next_link(link, codec.encode(event))
             state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored[-1]
+            self._remember(state)
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
@@ -117,22 +133,73 @@ class EventStore(ABC):
         """Keep a dead letter for operators, filed under `by` (a sector); idempotent per consumer
         and sequence."""
 
+    @abstractmethod
+    async def event_count(self, child: str) -> int:
+        """How many events the log holds for the child, every acknowledged write counted."""
+
     async def load(
-        self, child: str, *, min_seq: int = 0, fresh: bool = True, legal: tuple[int, Event] | None = None
+        self, child: str, *, min_seq: int = 0, fresh: bool = True, legal: Delivered | None = None
     ) -> ChildState:
         """The child's state as of every acknowledged write (and at least `min_seq`). `fresh=False`
         skips read-your-writes: for writers whose appends the sequence check protects anyway.
-        `legal=(seq, event)`: on the way, check that `event`, stored at `seq`, was legal where the log
-        put it (IllegalEvent otherwise): a reader's check of what a raw writer may have slipped in."""
-        state = ChildState(child=child)
-        for stored in await self.history(child, min_seq=min_seq, fresh=fresh, paged=False):
-            if legal is not None and stored.seq == legal[0]:
-                lifecycle.check(state, legal[1])
-            if stored.event is not None:
-                apply(state, stored.event, stored.seq)
-            else:
-                state.last_seq = stored.seq  # unreadable, but the next append must still expect it
-            link = proof.parse_link(stored.chain)
-            if link is not None and link.pos > state.chain_pos:
-                state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored.seq
-        return state
+        `legal`: an event as delivered; IllegalEvent if it was not legal where the log put it (a
+        reader's check of what a raw writer may have slipped in). A child read or written lately
+        is not read again (docs/decisions/0014-recent-children.md)."""
+        known = self._recent.get(child)
+        if known is None and legal is not None and not fresh:
+            known = ChildState(child=child, events_folded=0)  # the delivered event may be its first
+        state = await self._from_known(known, min_seq, fresh, legal) if known is not None else None
+        if state is None:
+            state = ChildState(child=child, events_folded=0)
+            for stored in await self.history(child, min_seq=min_seq, fresh=fresh, paged=False):
+                _fold(state, stored.seq, stored.event, proof.parse_link(stored.chain))
+        self._remember(state)
+        if legal is not None and legal.seq in state.illegal:
+            raise lifecycle.IllegalEvent(legal.event, state.illegal[legal.seq])
+        return state.copy()
+
+    async def _from_known(
+        self, known: ChildState, min_seq: int, fresh: bool, legal: Delivered | None
+    ) -> ChildState | None:
+        """The child from the state kept of it, if that is still all there is; None to read it."""
+        if legal is not None and legal.seq > known.last_seq:
+            # The delivered event chains on the newest one known: the child has nothing between.
+            if fresh or legal.link is None or known.chain_seq != known.last_seq:
+                return None
+            if legal.link != proof.next_link(proof.Link(known.chain_pos, known.chain_hash), legal.body):
+                return None
+            state = known.copy()
+            _fold(state, legal.seq, legal.event, legal.link)
+            return state
+        if fresh:
+            return known.copy() if await self.event_count(known.child) == known.events_folded else None
+        return known.copy() if known.last_seq >= min_seq else None
+
+    def _remember(self, state: ChildState) -> None:
+        """Keep (a copy of) a state that folds all the child's events; a newer one never gives way."""
+        if state.events_folded is None:
+            return
+        kept = self._recent.get(state.child)
+        if kept is not None and kept.last_seq > state.last_seq:
+            return
+        self._recent[state.child] = state.copy()
+        self._recent.move_to_end(state.child)
+        if len(self._recent) > RECENT_CHILDREN:
+            self._recent.popitem(last=False)
+
+
+def _fold(state: ChildState, seq: int, event: Event | None, link: proof.Link | None) -> None:
+    """One stored event into a state folded from the log: checked against the rules on the way
+    (an event a raw writer slipped in is noted, not refused: the log holds it)."""
+    if event is not None:
+        try:
+            lifecycle.check(state, event)
+        except lifecycle.IllegalEvent as exc:
+            state.illegal[seq] = exc.reason
+        apply(state, event, seq)
+    else:
+        state.last_seq = seq  # unreadable, but the next append must still expect it
+        if state.events_folded is not None:
+            state.events_folded += 1
+    if link is not None and link.pos > state.chain_pos:
+        state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, seq

@@ -1,7 +1,7 @@
 """A child's state, folded from its events. Pure: no I/O, no clock."""
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import UUID
 
@@ -55,6 +55,9 @@ class Referral:
     def counterpart(self, sector: Sector) -> Sector:
         return self.receiver if sector == self.referrer else self.referrer
 
+    def copy(self) -> "Referral":
+        return replace(self, steps=dict(self.steps), reminded=dict(self.reminded), escalated=dict(self.escalated))
+
 
 @dataclass
 class ChildState:
@@ -74,12 +77,31 @@ class ChildState:
     chain_seq: int = 0
     """The sequence whose link chain_pos/chain_hash are: a state folded from events alone has none
     for its last_seq, and the store then reads the link before appending."""
+    events_folded: int | None = None
+    """How many of the log's events this state folds when it folds them all, from the child's first
+    (set by the store's read, counted on by `apply`); None for a state made any other way."""
+    illegal: dict[int, str] = field(default_factory=dict)
+    "Events the log holds that were not legal where it put them: sequence -> the rule (the store's read)."
+
+    def copy(self) -> "ChildState":
+        """A copy that shares nothing mutable with this state (`apply` changes states in place)."""
+        return replace(
+            self,
+            event_ids=set(self.event_ids),
+            open_cases=set(self.open_cases),
+            vulnerabilities=set(self.vulnerabilities),
+            consent=set(self.consent),
+            referrals={rid: r.copy() for rid, r in self.referrals.items()},
+            illegal=dict(self.illegal),
+        )
 
 
 def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
     """Record one (already validated) event in the state, in place, and return it."""
     state.event_ids.add(event.event_id)
     state.last_seq = max(state.last_seq, seq)
+    if state.events_folded is not None:
+        state.events_folded += 1
     match event:
         case ReferralRequested():
             assert event.to_sector is not None

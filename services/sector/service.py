@@ -21,7 +21,7 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.audit import proof
-from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken
+from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, Delivered, EventIdTaken
 from refbus.services.eventstore.store import EventStore
 from refbus.services.rules.decisions import onward_request, receipt, step_event
 from refbus.services.rules.lifecycle import IllegalEvent
@@ -105,7 +105,7 @@ class SectorService:
                 async with lock:
                     wake_in = await self.react(
                         event, seq, first_delivery=raw.metadata.num_delivered == 1,
-                        link=proof.parse_link((raw.headers or {}).get(proof.CHAIN)),
+                        link=proof.parse_link((raw.headers or {}).get(proof.CHAIN)), body=body,
                     )
             except IllegalEvent as exc:
                 # Decided on fresh state and still illegal: a retry cannot help. Set it aside.
@@ -138,29 +138,32 @@ class SectorService:
             await raw.nak(delay=wake_in)
 
     async def react(
-        self, event: AnyEvent, seq: int, first_delivery: bool = False, link: proof.Link | None = None
+        self, event: AnyEvent, seq: int, first_delivery: bool = False, link: proof.Link | None = None,
+        body: bytes = b"",
     ) -> float | None:
         """Handle one event addressed to us; returns seconds until it should come back, if ever.
-        `link`: the event's own link in its child's hash chain (its Refbus-Chain header), if known."""
+        `link`: the event's own link in its child's hash chain (its Refbus-Chain header), if known;
+        `body`: its bytes as stored."""
+        delivered = Delivered(seq, event, body, link)
         match event:
             case ReferralRequested():
-                return await self.work_on(event, seq, first_delivery, link)
+                return await self.work_on(event, seq, first_delivery, delivered)
             case ReferralEvent():
                 # Closed loop: the receiver tells us, the referrer, how our referral went; whoever
                 # wrote it, it must have been legal where the log put it.
-                await self.checked_state(event, seq)
+                await self.checked_state(delivered)
                 log.info("referral_update", referral_id=str(event.referral_id), by=event.from_sector.value)
         return None
 
-    async def checked_state(self, event: AnyEvent, seq: int, fresh: bool = False) -> ChildState:
-        """The child as the log holds it, `event` (stored at `seq`) included; raises IllegalEvent if
-        `event` was not legal where the log put it (a raw writer slipped it past the services).
+    async def checked_state(self, delivered: Delivered, fresh: bool = False) -> ChildState:
+        """The child as the log holds it, the delivered event included; raises IllegalEvent if that
+        event was not legal where the log put it (a raw writer slipped it past the services).
         `fresh`: read-your-writes, asking the log's leader (a state to decide on needs it: without it,
         recovery from a stream-leader failover broke, tests/faults/test_cluster.py)."""
-        return await self.store.load(event.child, min_seq=seq, fresh=fresh, legal=(seq, event))
+        return await self.store.load(delivered.event.child, min_seq=delivered.seq, fresh=fresh, legal=delivered)
 
     async def acknowledge_receipt(
-        self, request: ReferralRequested, seq: int, link: proof.Link | None = None
+        self, request: ReferralRequested, seq: int, link: proof.Link | None = None, body: bytes = b""
     ) -> ChildState | None:
         """The delivery receipt at once, before reading the child: appended on condition that the
         request is still the child's newest event, when the receipt is legal knowing only the
@@ -180,7 +183,7 @@ class SectorService:
         if not done.stored:
             return None
         # The request itself must have been legal where the log put it (whoever wrote it).
-        state = await self.checked_state(request, seq)
+        state = await self.checked_state(Delivered(seq, request, body, link))
         if event.event_id not in state.event_ids:
             apply(state, event, done.stored[0])
         if state.last_seq == done.state.chain_seq:  # the receipt is the newest: its link is known
@@ -189,7 +192,7 @@ class SectorService:
         return state
 
     async def work_on(
-        self, request: ReferralRequested, seq: int, first_delivery: bool = False, link: proof.Link | None = None
+        self, request: ReferralRequested, seq: int, first_delivery: bool = False, delivered: Delivered | None = None
     ) -> float | None:
         """One pass over a referral addressed to us: acknowledge receipt, then take every step the
         policy has that is due. Returns the seconds until the next step is due, or None when the
@@ -202,9 +205,12 @@ class SectorService:
                 return [receipt(self.id_key, referral, request.child, self.clock(), request.event_id)]
             return []
 
-        state = await self.acknowledge_receipt(request, seq, link) if first_delivery else None
+        delivered = delivered or Delivered(seq, request)
+        state = (
+            await self.acknowledge_receipt(request, seq, delivered.link, delivered.body) if first_delivery else None
+        )
         if state is None:  # one read: the child, the request checked on the way
-            state = await self.checked_state(request, seq, fresh=True)
+            state = await self.checked_state(delivered, fresh=True)
             state = (await self.store.transact(request.child, receive, min_seq=seq, state=state)).state
         while True:
             referral = state.referrals[rid]

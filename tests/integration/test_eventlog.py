@@ -205,3 +205,24 @@ async def test_a_replay_slower_than_the_log_loses_nothing(own_server: EmbeddedNa
             await asyncio.sleep(0.01)  # slower than the server delivers
     assert seen == list(range(1, len(events) + 1))
     await nc.close()
+
+
+async def test_a_store_that_kept_a_child_sees_what_another_writer_added(provisioned: str) -> None:
+    """The kept state (docs/decisions/0014-recent-children.md) never hides a write: a fresh load
+    counts the child's events on the leader and reads again when another process added one."""
+    child = new_child()
+    first_nc, second_nc = await connect(provisioned, "keeper"), await connect(provisioned, "other")
+    try:
+        keeper, other = JetStreamEventStore(first_nc), JetStreamEventStore(second_nc)
+        req = request(child)
+        await keeper.transact(child, lambda _s: [req])
+        await other.transact(child, lambda _s: [answer(ReferralAccepted, req)])
+        state = await keeper.load(child)
+        assert state.referrals[req.referral_id].status is Status.ACCEPTED and state.events_folded == 2
+        # A decision on the kept (stale) state would conflict; transact reads again and decides right.
+        done = await keeper.transact(child, lambda s: [answer(ReferralInProgress, req)]
+                                     if s.referrals[req.referral_id].status is Status.ACCEPTED else [])
+        assert len(done.stored) == 1
+    finally:
+        await first_nc.close()
+        await second_nc.close()

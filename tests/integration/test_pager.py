@@ -62,6 +62,10 @@ async def manifest_of(eventlog: JetStreamEventStore, child: str) -> HistoryPage:
 
 
 async def paged_up_to_the_index(eventlog: JetStreamEventStore) -> None:
+    # The index first copies all that the log holds: read before it has, its last sequence is too
+    # early a mark (the pager would be "caught up" before it saw the newest events).
+    log_last = (await eventlog.js.stream_info(subjects.STREAM)).state.last_seq
+    assert await eventlog.index_missing(log_last, wait=20) == 0
     index_last = (await eventlog.js.stream_info(subjects.CHILD_INDEX_STREAM)).state.last_seq
 
     async def caught_up() -> bool:
