@@ -28,9 +28,11 @@ from importlib import metadata
 from pathlib import Path
 
 import metrics_cost  # bench/metrics_cost.py: the script's folder is on sys.path
+import msgspec
 import nats
 from audit import measure as audit_measure  # bench/audit.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
+from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from refbus.contracts import codec, subjects
@@ -233,6 +235,33 @@ async def child_histories(
 # -- end to end, with the four sector services as processes -----------------------------------------
 
 
+async def gateway_answering(nc: nats.NATS, sector: Sector, within: float = 30.0) -> None:
+    """Wait until the sector's gateway answers commands (an empty one: refused, but answered)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await nc.request(subjects.command_subject(sector, "refer"), b"{}", timeout=2)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def refer_command(to: Sector, service: str, rng: random.Random) -> bytes:
+    """A referral for a new child as a sector system sends it to its gateway (NATS request/reply)."""
+    return msgspec.json.encode({
+        "idempotency_key": f"{rng.getrandbits(64):016x}",
+        "child": f"c{rng.getrandbits(64):016x}",
+        "actor": "w0000be4c",
+        "to_sector": to.value,
+        "dimension": Dimension.HEALTH.value,
+        "service": service,
+        "urgency": Urgency.ROUTINE.value,
+        "legal_basis": LegalBasis.CHILD_PROTECTION_DUTY.value,
+    })
+
+
 def referral(to: Sector, service: str, rng: random.Random) -> ReferralRequested:
     referral_id = uuid.UUID(int=rng.getrandbits(128), version=4)
     return ReferralRequested(
@@ -406,6 +435,7 @@ async def end_to_end(
         pager = start_pager(server.url)
         tracker = start_deadlines(server.url) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
+        await gateway_answering(nc, Sector.SOCIAL)
         eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
         services_by_sector = {
@@ -415,7 +445,7 @@ async def end_to_end(
         }
         total = rate * seconds
         rng = random.Random(5)
-        pending: set[asyncio.Task[object]] = set()
+        sent: list[asyncio.Task[Msg]] = []
         processes = {
             "nats-server": server.process.pid,
             **{s.value: p.pid for s, p in services.items()},
@@ -429,11 +459,13 @@ async def end_to_end(
             # Open loop: each referral leaves at its own time, whatever happened to the previous one.
             await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
             to = sectors[i % 3]
-            event = referral(to, services_by_sector[to], rng)
-            task = asyncio.create_task(eventlog.transact(event.child, lambda _state, e=event: [e]))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
+            # As the referring system sends it: a command to its sector's gateway (services/gateway).
+            command = refer_command(to, services_by_sector[to], rng)
+            sent.append(asyncio.create_task(nc.request(subjects.command_subject(Sector.SOCIAL, "refer"), command, 30)))
+        answers = [msgspec.json.decode(reply.data) for reply in await asyncio.gather(*sent)]
+        refused = [a for a in answers if a.get("status") != 201]
+        if refused:
+            raise RuntimeError(f"{len(refused)} referrals refused by the gateway, e.g. {refused[0]}")
         offered = total / (time.perf_counter() - start)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 # Children whose state a store keeps after reading or writing them, so that the next read of one is
 # a count, or nothing (docs/decisions/0014-recent-children.md).
-RECENT_CHILDREN = 2048
+RECENT_CHILDREN = 8192
 
 
 class EventStore(ABC):
@@ -89,7 +89,7 @@ class EventStore(ABC):
             for event in events:
                 link = proof.next_link(link, codec.encode(event))
             state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored[-1]
-            self._remember(state)
+            self._remember(state.copy())
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
@@ -153,7 +153,8 @@ class EventStore(ABC):
             state = ChildState(child=child, events_folded=0)
             for stored in await self.history(child, min_seq=min_seq, fresh=fresh, paged=False):
                 _fold(state, stored.seq, stored.event, proof.parse_link(stored.chain))
-        self._remember(state)
+        if state is not known:
+            self._remember(state)
         if legal is not None and legal.seq in state.illegal:
             raise lifecycle.IllegalEvent(legal.event, state.illegal[legal.seq])
         return state.copy()
@@ -168,21 +169,27 @@ class EventStore(ABC):
                 return None
             if legal.link != proof.next_link(proof.Link(known.chain_pos, known.chain_hash), legal.body):
                 return None
-            state = known.copy()
-            _fold(state, legal.seq, legal.event, legal.link)
-            return state
+            _fold(known, legal.seq, legal.event, legal.link)  # the kept state moves on, in place
+            return known
         if fresh:
-            return known.copy() if await self.event_count(known.child) == known.events_folded else None
-        return known.copy() if known.last_seq >= min_seq else None
+            return known if await self.event_count(known.child) == known.events_folded else None
+        return known if known.last_seq >= min_seq else None
+
+    def kept(self, child: str) -> ChildState | None:
+        """A copy of the state kept of the child, if any: a writer's best guess, possibly behind the
+        log (`transact(state=...)` takes it; the append's sequence check catches a stale one)."""
+        known = self._recent.get(child)
+        return known.copy() if known is not None else None
 
     def _remember(self, state: ChildState) -> None:
-        """Keep (a copy of) a state that folds all the child's events; a newer one never gives way."""
+        """Keep a state that folds all the child's events (this very object: nobody else may hold
+        it); a newer one never gives way."""
         if state.events_folded is None:
             return
         kept = self._recent.get(state.child)
         if kept is not None and kept.last_seq > state.last_seq:
             return
-        self._recent[state.child] = state.copy()
+        self._recent[state.child] = state
         self._recent.move_to_end(state.child)
         if len(self._recent) > RECENT_CHILDREN:
             self._recent.popitem(last=False)

@@ -11,7 +11,7 @@ the first answer is read back from the child's history.
 import asyncio
 import hashlib
 import hmac
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
@@ -60,8 +60,6 @@ _REFERRAL_EVENTS: dict[type[c.ReferralCommand], type[ReferralEvent]] = {
 # start and resume both state `referral.in-progress`; the command names which move is meant.
 _ONLY_FROM: dict[type[c.ReferralCommand], Status] = {c.Start: Status.ACCEPTED, c.Resume: Status.ON_HOLD}
 _FIELDS = ("reason", "outcome")
-STATES_KEPT = 50_000
-"Children whose state a gateway remembers (least recently written dropped first)."
 
 
 class _AlreadyStored(Exception):
@@ -109,7 +107,6 @@ class Gateway:
         # The children this gateway wrote last, as it left them: the first attempt of the next command
         # decides on that state instead of reading the child (a stale one costs a conflict and a read:
         # the append's expected sequence protects it). A child it does not know is tried as new.
-        self._states: OrderedDict[str, ChildState] = OrderedDict()
         # One command per child at a time in this gateway (asyncio locks are FIFO).
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -158,7 +155,11 @@ class Gateway:
             built.append(self.event_for(command, event_id, state))
             return list(built)
 
-        remembered: ChildState | None = self._states.pop(command.child, None) or ChildState(child=command.child)
+        # The store's kept state, or a guess that the child is new: either may be behind the log,
+        # which the append's sequence check catches (a conflict, then a fresh read).
+        remembered: ChildState | None = (
+            self.store.kept(command.child) or ChildState(child=command.child, events_folded=0)
+        )
         while True:
             try:
                 done = await self.store.transact(command.child, decide, state=remembered)
@@ -170,18 +171,12 @@ class Gateway:
                     raise
                 # Decided on what this gateway remembered (or guessed): refuse only on the log as it is.
                 remembered = None
-        self._remember(done.state)
         if not done.stored:  # the event was in the state given to decide after all
             return await self._first_answer(command, event_id)
         event = built[0]
         return c.Applied(
             status=201, seq=done.stored[0], event_id=event.event_id, referral_id=_referral_of(event), event=event
         )
-
-    def _remember(self, state: ChildState) -> None:
-        self._states[state.child] = state
-        if len(self._states) > STATES_KEPT:
-            self._states.popitem(last=False)
 
     async def _first_answer(self, command: c.Command, event_id: UUID) -> c.Applied | c.Refusal:
         for stored in reversed(await self.store.history(command.child, paged=False)):

@@ -1,7 +1,7 @@
 """A child's state, folded from its events. Pure: no I/O, no clock."""
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -56,7 +56,10 @@ class Referral:
         return self.receiver if sector == self.referrer else self.referrer
 
     def copy(self) -> "Referral":
-        return replace(self, steps=dict(self.steps), reminded=dict(self.reminded), escalated=dict(self.escalated))
+        copied = object.__new__(Referral)
+        copied.__dict__.update(self.__dict__)
+        copied.steps, copied.reminded, copied.escalated = dict(self.steps), dict(self.reminded), dict(self.escalated)
+        return copied
 
 
 @dataclass
@@ -85,15 +88,16 @@ class ChildState:
 
     def copy(self) -> "ChildState":
         """A copy that shares nothing mutable with this state (`apply` changes states in place)."""
-        return replace(
-            self,
-            event_ids=set(self.event_ids),
-            open_cases=set(self.open_cases),
-            vulnerabilities=set(self.vulnerabilities),
-            consent=set(self.consent),
-            referrals={rid: r.copy() for rid, r in self.referrals.items()},
-            illegal=dict(self.illegal),
-        )
+        # Not dataclasses.replace: it re-runs __init__ field by field, and a store copies on every read.
+        copied = object.__new__(ChildState)
+        copied.__dict__.update(self.__dict__)
+        copied.event_ids = set(self.event_ids)
+        copied.open_cases = set(self.open_cases)
+        copied.vulnerabilities = set(self.vulnerabilities)
+        copied.consent = set(self.consent)
+        copied.referrals = {rid: r.copy() for rid, r in self.referrals.items()}
+        copied.illegal = dict(self.illegal)
+        return copied
 
 
 def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
