@@ -26,6 +26,7 @@ from refbus.services.sector.service import inbox_consumer
 from tests.factories import new_child, record, request
 from tests.integration import secured
 from tests.integration.secured import PERMISSIONS_CONFIG, connect_as
+from tests.integration.test_sealer_secured import SEALER_PERMISSIONS
 
 pytestmark = pytest.mark.integration
 NO_ANSWER = (NatsTimeout, NoRespondersError, asyncio.TimeoutError)
@@ -313,15 +314,7 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
             "its reader of the index, filtered form only (the index holds nothing else)",
         ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_CHILDREN.*"): "delete that reader when it starts again",
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_CHILDREN.*"): "pull requests on that reader",
-        # the sealer (services/audit/seal.py), which runs in the pager's process with the bus key
-        ("pub", "$JS.API.STREAM.INFO.REFBUS"): "the sealer: where the log ends before a pass",
-        ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.sealer.refbus.ev.>"):
-            "the sealer's reader of the log, named and filtered (the filterless form could repoint an inbox)",
-        ("pub", "$JS.API.CONSUMER.DELETE.REFBUS.sealer"): "start that reader again where the newest seal ends",
-        ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.sealer"): "pull requests on that reader",
-        ("pub", "$JS.API.DIRECT.GET.REFBUS_SEALS"): "the newest seal, whose hash the next one continues",
-        ("pub", "refbus.seal"): "append a seal signed with the bus key (REFBUS_SEALS; no other user may)",
-        ("pub", "refbus.keys.*"): "publish the public key records it certifies with the bus key (REFBUS_KEYS)",
+        **SEALER_PERMISSIONS,  # the sealer runs in the pager's process (tests/integration/test_sealer_secured.py)
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
     "deadlines": {

@@ -26,6 +26,18 @@ from tests.integration.secured import connect_as
 
 pytestmark = pytest.mark.integration
 
+# The pager user's allows for the sealer, with their reasons (the matrix in test_permissions_holes.py).
+SEALER_PERMISSIONS = {
+    ("pub", "$JS.API.STREAM.INFO.REFBUS"): "the sealer: where the log ends before a pass",
+    ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.sealer.refbus.ev.>"):
+        "the sealer's reader of the log, named and filtered (the filterless form could repoint an inbox)",
+    ("pub", "$JS.API.CONSUMER.DELETE.REFBUS.sealer"): "start that reader again where the newest seal ends",
+    ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.sealer"): "pull requests on that reader",
+    ("pub", "$JS.API.DIRECT.GET.REFBUS_SEALS"): "the newest seal, whose hash the next one continues",
+    ("pub", "refbus.seal"): "append a seal signed with the bus key (REFBUS_SEALS; no other user may)",
+    ("pub", "refbus.keys.*"): "publish the public key records it certifies with the bus key (REFBUS_KEYS)",
+}
+
 
 @pytest.fixture
 def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedNats]:
