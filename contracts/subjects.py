@@ -131,6 +131,10 @@ def command_filter(sector: Sector) -> str:
     return f"{PREFIX}.cmd.{sector.value}.*"
 
 
+SEALER_CONSUMER = "sealer"
+"The sealer's reader of the log (services/audit/seal.py): one name, so a permission can name it."
+
+
 def webhook_consumer(sector: Sector) -> str:
     """The durable consumer that feeds one sector's webhook deliveries (filter: `inbox_filter`)."""
     return f"webhook-{sector.value}"

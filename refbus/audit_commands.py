@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # The bus client, the crypto and the services are imported where a command runs (as in refbus.cli):
 # `refbus --help` answers at once.
-KEY_OWNERS = (*(s.value for s in Sector), "bus")
+KEY_OWNERS = (*(s.value for s in Sector), "bus", "deadlines")
 
 
 def _add_parser(
@@ -44,6 +44,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", common:
     k.add_argument("--revoke", metavar="KEY_ID", help="revoke a key: what it signs from --at on is refused")
     k.add_argument("--at", type=datetime.fromisoformat, help="revocation time (ISO 8601; default now)")
     k.add_argument("--json", action="store_true", help="the keys as JSON")
+    k.add_argument("--out", type=Path, metavar="DIR",
+                   help="a deployment's provisioning: write each service's secrets (its own private keys, the "
+                        "public records, the event-id key) to DIR/<service>/, and touch no bus")
     k.set_defaults(command=cmd_keys)
 
     v = _add_parser(sub, "verify", parents=[common], help="check every signature, chain and seal of the log; "
@@ -91,12 +94,28 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.audit import keys
     from refbus.services.runtime.bus import open_bus
 
+    if settings.keys_provisioned:
+        print("refbus keys makes keys: run it where the deployment's keys are kept, without "
+              "REFBUS_KEYS_PROVISIONED", file=sys.stderr)
+        return 2
+    folder = settings.secrets / "keys"
     if args.rotate:
-        keys.new_key(settings.data_dir, args.rotate)
+        keys.new_key_in(folder, args.rotate)
     if args.revoke:
         at = args.at if args.at is None or args.at.tzinfo else args.at.replace(tzinfo=UTC)
-        keys.revoke(settings.data_dir, args.revoke, at)
-    ring = keys.ensure(settings.data_dir)
+        try:
+            keys.revoke_in(folder, args.revoke, at)
+        except LookupError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    ring = keys.ensure_dir(folder)
+    if args.out is not None:
+        written = keys.export(ring, args.out, settings.event_id_key().hex())
+        for service, files in written.items():
+            print(f"{args.out / service}: {', '.join(files)}")
+        print(f"provisioned from {folder}; mount each folder as its service's REFBUS_SECRETS_DIR "
+              "(deploy/README.md)")
+        return 0
     async with open_bus(settings) as bus:
         await keys.publish(bus.nc, ring)
     rows = [
@@ -113,7 +132,7 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             if row["revoked_at"]:
                 state = f"revoked {row['revoked_at']}"
             print(f"{row['key_id']:<30} {state}")
-        print(f"keys in {keys.keys_dir(settings.data_dir)} (private, never in the log); public records in the bus")
+        print(f"keys in {folder} (private, never in the log); public records in the bus")
     return 0
 
 
@@ -128,9 +147,9 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.audit.verify import verify_bus
     from refbus.services.runtime.bus import open_bus
 
-    ring = keys.load(settings.data_dir)
+    ring = keys.load_dir(settings.secrets / "keys")
     if not ring.anchors():
-        print(f"no bus key in {keys.keys_dir(settings.data_dir)}: nothing to trust (run `refbus keys`)",
+        print(f"no bus key in {settings.secrets / 'keys'}: nothing to trust (run `refbus keys`)",
               file=sys.stderr)
         return 2
     witness = seal.read_witness(settings.data_dir)

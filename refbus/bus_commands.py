@@ -167,12 +167,18 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.services.audit.keys import SERVICES_WITH_EVENT_IDS
     from refbus.services.deadlines.main import create_app as deadlines_app
     from refbus.services.pager.main import create_app as pager_app
     from refbus.services.runtime.bus import BusUnavailable, connect, require_streams, safe_url
     from refbus.services.runtime.embedded import read_record
     from refbus.services.runtime.in_process import SECTOR_APPS
 
+    # Its own keys first: a deployment that provisioned them is refused here, in one line, rather than
+    # a service signing with a key nobody else knows (docs/decisions/0015-key-provisioning.md).
+    settings.service_keyring(args.sector)
+    if args.sector in SERVICES_WITH_EVENT_IDS:
+        settings.event_id_key()
     url = settings.nats_url
     if url is None:
         record = read_record(settings.data_dir)

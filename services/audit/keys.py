@@ -1,5 +1,8 @@
 """Signing keys: one Ed25519 key per sector and one for the bus (seals, key records, the access
-trail), kept in <data_dir>/secrets/keys/ (owner-only, never in the log or the repository).
+trail), and one for the deadline service (its notices only), kept in <data_dir>/secrets/keys/
+(owner-only, never in the log or the repository). A deployment provisions them once (`refbus keys
+--out`, `export` below) and hands each service only the private keys it signs with, with the public
+records in public-keys.json (docs/decisions/0015-key-provisioning.md).
 
 A key file holds the private key and its record. Rotation makes a new current key for an owner; the
 old one stays valid for what it signed. Revocation records a time: a signature by a revoked key on
@@ -17,14 +20,38 @@ from typing import TYPE_CHECKING
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from refbus.contracts.events import Event, ReferralEscalated, ReferralOverdue
 from refbus.contracts.vocabulary import Sector
 from refbus.services.audit import proof
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+
 BUS = "bus"
-OWNERS = (*(s.value for s in Sector), BUS)
+DEADLINES = "deadlines"
+OWNERS = (*(s.value for s in Sector), BUS, DEADLINES)
+PUBLIC_FILE = "public-keys.json"
+"Beside the key files: public records read from local disk, trusted as the key files are."
+SERVICE_OWNERS: dict[str, tuple[str, ...]] = {
+    **{s.value: (s.value,) for s in Sector}, "pager": (BUS,), "deadlines": (DEADLINES,),
+}
+"The owners whose private keys each service signs with (the pager's sealer: the bus)."
+SERVICES_WITH_EVENT_IDS = (*(s.value for s in Sector), "deadlines")
+"The services that derive event ids, so need the deployment's event-id key."
+
+
+def signer(event: Event) -> str:
+    """The owner whose key signs `event`: its sender, except a deadline notice, which the deadline
+    service writes as the sector's note to itself and signs with a key of its own (the only events it
+    can sign, so it holds no sector's key)."""
+    return DEADLINES if isinstance(event, ReferralOverdue | ReferralEscalated) else event.from_sector.value
+
+
+def may_sign(owner: str, event: Event) -> bool:
+    """Is a signature by `owner`'s key valid on `event` (a notice signed by the sector: written
+    before the deadline service had its own key)?"""
+    return owner in (event.from_sector.value, signer(event))
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,11 +85,14 @@ class Keyring:
     to verify against."""
 
     def __init__(self, files: Iterable[KeyFile] = (), records: Iterable[KeyRecord] = ()) -> None:
+        """`records`: public records from local disk (PUBLIC_FILE), trusted like the files: a
+        service or verifier that holds no bus private key anchors on the bus records there."""
         self.files: dict[str, KeyFile] = {f.record.key_id: f for f in files}
         self._private = {kid: Ed25519PrivateKey.from_private_bytes(f.private_key) for kid, f in self.files.items()}
         self.records: dict[str, KeyRecord] = {f.record.key_id: f.record for f in self.files.values()}
         for record in records:
             self.records.setdefault(record.key_id, record)
+        self._local_bus = {r.key_id: self.records[r.key_id] for r in records if r.owner == BUS}
         self._current: dict[str, str] = {}
         for f in sorted(self.files.values(), key=lambda f: f.record.created_at):
             if not f.retired and f.record.revoked_at is None:
@@ -87,8 +117,11 @@ class Keyring:
         return self.records.get(kid)
 
     def anchors(self) -> dict[str, KeyRecord]:
-        """The bus keys this deployment holds itself: the trust anchor."""
-        return {kid: f.record for kid, f in self.files.items() if f.record.owner == BUS}
+        """The bus keys this deployment holds itself (private, or public from local disk): the trust anchor."""
+        return {**self._local_bus, **{kid: f.record for kid, f in self.files.items() if f.record.owner == BUS}}
+
+    def can_certify(self) -> bool:
+        return self.current(BUS) is not None
 
     def certify(self, record: KeyRecord) -> KeyRecord:
         kid, sig = self.sign(BUS, record.signed_part())
@@ -128,28 +161,66 @@ def keys_dir(data_dir: Path) -> Path:
     return data_dir / "secrets" / "keys"
 
 
+_records_decoder = msgspec.json.Decoder(list[KeyRecord])
+
+
 def load(data_dir: Path) -> Keyring:
-    folder = keys_dir(data_dir)
-    files = [_file_decoder.decode(p.read_bytes()) for p in sorted(folder.glob("*.key"))] if folder.is_dir() else []
-    return Keyring(files)
+    return load_dir(keys_dir(data_dir))
 
 
-def _write(folder: Path, key_file: KeyFile) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{key_file.record.key_id}.key"
+def load_dir(folder: Path) -> Keyring:
+    """The key files in `folder` and the public records of its PUBLIC_FILE, if any."""
+    if not folder.is_dir():
+        return Keyring()
+    files = [_file_decoder.decode(p.read_bytes()) for p in sorted(folder.glob("*.key"))]
+    public = folder / PUBLIC_FILE
+    return Keyring(files, _records_decoder.decode(public.read_bytes()) if public.exists() else ())
+
+
+def _write(folder: Path, key_file: KeyFile, name: str | None = None) -> None:
+    _write_bytes(folder / f"{name or key_file.record.key_id}.key", _file_encoder.encode(key_file))
+
+
+def _write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:
-        out.write(_file_encoder.encode(key_file))
+        out.write(data)
     tmp.replace(path)
+
+
+def export(ring: Keyring, out: Path, event_id_key_hex: str) -> dict[str, list[str]]:
+    """A deployment's provisioned secrets, one folder per service laid out as a data dir's
+    secrets/ (what REFBUS_SECRETS_DIR names): keys/<owner>.key for each owner the service signs
+    as (current key only), keys/public-keys.json (every record, certified by the bus), and
+    event-id.key for the services that derive event ids; verifier/ holds the public records alone.
+    Returns each folder's files. Raises LookupError if an owner has no current key."""
+    public = msgspec.json.encode(ring.public_records())
+    written: dict[str, list[str]] = {}
+    for service, owners in [*SERVICE_OWNERS.items(), ("verifier", ())]:
+        folder = out / service
+        for owner in owners:
+            kid = ring.current(owner)
+            if kid is None:
+                raise LookupError(f"no current key for {owner}")
+            _write(folder / "keys", ring.files[kid], name=owner)
+        _write_bytes(folder / "keys" / PUBLIC_FILE, public, 0o644)
+        if service in SERVICES_WITH_EVENT_IDS:
+            _write_bytes(folder / "event-id.key", event_id_key_hex.encode())
+        written[service] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return written
 
 
 def new_key(data_dir: Path, owner: str, now: datetime | None = None) -> KeyFile:
     """A new current key for `owner`; its earlier keys are retired (still valid for what they signed)."""
+    return new_key_in(keys_dir(data_dir), owner, now)
+
+
+def new_key_in(folder: Path, owner: str, now: datetime | None = None) -> KeyFile:
     if owner not in OWNERS:
         raise ValueError(f"no such key owner: {owner}")
-    folder = keys_dir(data_dir)
-    for old in load(data_dir).files.values():
+    for old in load_dir(folder).files.values():
         if old.record.owner == owner and not old.retired:
             old.retired = True
             _write(folder, old)
@@ -169,21 +240,29 @@ def new_key(data_dir: Path, owner: str, now: datetime | None = None) -> KeyFile:
 
 def ensure(data_dir: Path) -> Keyring:
     """The deployment's keyring, making a key for every owner that has none (first start)."""
-    ring = load(data_dir)
+    return ensure_dir(keys_dir(data_dir))
+
+
+def ensure_dir(folder: Path) -> Keyring:
+    ring = load_dir(folder)
     missing = [owner for owner in OWNERS if ring.current(owner) is None]
     for owner in missing:
-        new_key(data_dir, owner)
-    return load(data_dir) if missing else ring
+        new_key_in(folder, owner)
+    return load_dir(folder) if missing else ring
 
 
 def revoke(data_dir: Path, kid: str, at: datetime | None = None) -> KeyRecord:
-    ring = load(data_dir)
+    return revoke_in(keys_dir(data_dir), kid, at)
+
+
+def revoke_in(folder: Path, kid: str, at: datetime | None = None) -> KeyRecord:
+    ring = load_dir(folder)
     key_file = ring.files.get(kid)
     if key_file is None:
-        raise LookupError(f"no key {kid} in {keys_dir(data_dir)}")
+        raise LookupError(f"no key {kid} in {folder}")
     key_file.record = msgspec.structs.replace(key_file.record, revoked_at=at or datetime.now(UTC))
     key_file.retired = True
-    _write(keys_dir(data_dir), key_file)
+    _write(folder, key_file)
     return key_file.record
 
 

@@ -5,6 +5,7 @@ chained archives, a batch time-stamp once a minute). The running hash covers eac
 sequence, subject, chain header and bytes: log_hash(n) = sha256(log_hash(n-1) || ...)."""
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -100,8 +101,7 @@ async def last_seal(nc: NATS, wait: float = 5.0) -> tuple[Seal | None, int]:
 async def seal_now(nc: NATS, ring: Keyring, wait: float = 5.0) -> Seal | None:
     """Seal everything stored since the newest seal; None when nothing new. The running hash
     continues from the newest seal that the bus key signed (a seal not ours stops the sealer)."""
-    from refbus.services.eventstore.reader import LogReader
-    from refbus.services.eventstore.replay import raw_replay
+    from refbus.services.eventstore.replay import named_raw_replay
 
     previous, previous_seq = await last_seal(nc, wait)
     if previous is not None:
@@ -110,13 +110,14 @@ async def seal_now(nc: NATS, ring: Keyring, wait: float = 5.0) -> Seal | None:
             raise RuntimeError(f"the newest seal (seq {previous_seq} of {subjects.SEALS_STREAM}) is not signed by "
                                "this bus: refusing to continue its hash")
     log_hash, last = (previous.log_hash, previous.last_seq) if previous else (proof.GENESIS, 0)
-    reader = LogReader(nc, wait)
     start = last
-    async for seq, _ns, subject, headers, data in raw_replay(reader, last + 1):
-        log_hash = log_step(log_hash, seq, subject, headers.get(proof.CHAIN, ""), data)
-        last = seq
-        if last - start >= MAX_EVENTS_PER_SEAL:
-            break
+    # Through the sealer's own consumer (named and filtered): what the pager's NATS user may create.
+    async with contextlib.aclosing(named_raw_replay(nc, subjects.SEALER_CONSUMER, last + 1, wait)) as messages:
+        async for seq, _ns, subject, headers, data in messages:
+            log_hash = log_step(log_hash, seq, subject, headers.get(proof.CHAIN, ""), data)
+            last = seq
+            if last - start >= MAX_EVENTS_PER_SEAL:
+                break
     if previous is not None and last == previous.last_seq:
         return None
     if last == 0:

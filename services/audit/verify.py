@@ -5,7 +5,8 @@ with the length of the log (only with the number of children).
 
 What each finding means:
 - altered: the payload is not what its signed chain hash says (its bytes changed after signing)
-- forged-sender: signed by a key whose owner is not the event's sender
+- forged-sender: signed by a key whose owner is not the event's sender (a deadline notice: nor the
+  deadline service)
 - unsigned: no key or no signature
 - bad-signature: a signature (or Merkle path) that does not verify
 - unknown-key: signed by a key that no trusted record names
@@ -25,7 +26,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from refbus.contracts import codec
-from refbus.services.audit import proof
+from refbus.services.audit import keys, proof
 from refbus.services.audit.keys import BUS, KeyRecord
 from refbus.services.audit.seal import Seal, log_step
 
@@ -191,7 +192,7 @@ class Verifier:
         if record is None:
             self._add(Finding(seq, "unknown-key", f"key {kid} is not a trusted key", child))
             return
-        if record.owner != event.from_sector.value:
+        if not keys.may_sign(record.owner, event):
             self._add(Finding(seq, "forged-sender",
                               f"sent as {event.from_sector.value} but signed by {record.owner}'s key {kid}", child))
             return

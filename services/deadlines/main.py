@@ -43,7 +43,7 @@ def create_app(
     async def start(nc: NATS) -> None:
         sectors = sectors_from_env()
         service = DeadlineService(
-            JetStreamEventStore(nc),
+            JetStreamEventStore(nc, ring=settings.service_keyring("deadlines")),  # its notices' own key
             settings.event_id_key(),
             table or DeadlineTable.from_env(),
             clock,

@@ -133,6 +133,14 @@ def delivered_position(reply: str) -> tuple[int, int]:
     return int(tokens[at]), int(tokens[at + 2])
 
 
+def delivered_consumer_sequence(reply: str) -> int:
+    """The consumer's own count of what it delivered, from the ack subject: one more per message, so a
+    jump is a delivery lost on the way (in the client)."""
+    tokens = reply.split(".")
+    at = 5 if len(tokens) == 9 else 7
+    return int(tokens[at + 1])
+
+
 def delivered_pending(reply: str) -> int:
     """How many messages of the consumer's filter remain after this one, from its ack subject."""
     tokens = reply.split(".")

@@ -43,7 +43,7 @@ class InMemoryEventStore(EventStore):
             payload = codec.encode(event)
             link = proof.next_link(link, payload)
             headers = {proof.CHAIN: proof.format_link(link)}
-            kid = ring.current(event.from_sector.value) if ring is not None else None
+            kid = ring.current(keys.signer(event)) if ring is not None else None
             if kid is not None:
                 headers[proof.KEY] = kid
             messages.append((subjects.event_subject(event.child, event.from_sector, event.to_sector), payload, headers))

@@ -8,12 +8,15 @@ the log, and the consumer made again from the first missing event if the log has
 """
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import structlog
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import subjects
 from refbus.services.eventstore import jetstream
@@ -108,3 +111,64 @@ async def raw_replay(
             sub = await read_from(expected, generation)
     finally:
         await sub.unsubscribe()
+
+
+NAMED_PULL = 1024
+
+
+async def named_raw_replay(
+    nc: NATS, consumer: str, from_seq: int = 1, wait: float = 5.0,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+) -> AsyncIterator[RawStored]:
+    """raw_replay through a consumer of a fixed name, made in the filtered form
+    (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), so that a permission can allow this reader
+    and nothing else: an ordered consumer's create subject carries no name and no filter, and a
+    permission for it would let its user create or repoint any consumer. Pulled a batch at a time (a
+    reader never holds more than it asked for); a delivery lost on the way (the consumer's own
+    sequence jumps) or a pull the server ends raises: the caller reads again later. Made afresh on
+    every pass and deleted after it; two readers of one name end each other's pass."""
+    js = nc.jetstream(timeout=wait)
+    end = (await js.stream_info(stream)).state.last_seq
+    if end < from_seq:
+        return
+    await _delete_consumer(nc, stream, consumer, wait)
+    await jetstream.create_consumer(nc, stream, ConsumerConfig(
+        name=consumer, filter_subject=subject_filter, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=from_seq, ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True,
+    ), wait)
+    pull = jetstream.PullRequest()
+    reply = nc.new_inbox()
+    subscription = await nc.subscribe(reply, cb=pull.on_message)
+    # no_wait: what there is now, then the end of the request at once (the pass has an end anyway).
+    request = json.dumps({"batch": NAMED_PULL, "no_wait": True}).encode()
+    delivered = 0
+    try:
+        while True:
+            pull.begin(NAMED_PULL)
+            await nc.publish(jetstream.next_message_subject(stream, consumer), request, reply=reply)
+            async with asyncio.timeout(wait):  # not wait_for: docs/decisions/0005
+                await pull.done.wait()
+            if pull.failure:
+                raise RuntimeError(f"reading {stream} through {consumer}: {pull.failure}")
+            for msg in pull.messages:
+                if jetstream.delivered_consumer_sequence(msg.reply) != delivered + 1:
+                    raise RuntimeError(f"reading {stream} through {consumer}: a delivery was lost")
+                delivered += 1
+                seq, stored_ns = jetstream.delivered_position(msg.reply)
+                yield seq, stored_ns, msg.subject, msg.headers or {}, msg.data
+                if seq >= end or jetstream.delivered_pending(msg.reply) == 0:
+                    return  # the end as it was when the pass began (its own sequence may be deleted)
+            if not pull.messages:
+                return  # nothing more before the request expired
+    finally:
+        await subscription.unsubscribe()
+        with contextlib.suppress(Exception):
+            await _delete_consumer(nc, stream, consumer, wait)
+
+
+async def _delete_consumer(nc: NATS, stream: str, consumer: str, wait: float) -> None:
+    try:
+        await jetstream.api_request(nc, jetstream.consumer_delete_subject(stream, consumer), {}, wait)
+    except jetstream.ApiError as exc:
+        if exc.code != jetstream.CONSUMER_NOT_FOUND:
+            raise

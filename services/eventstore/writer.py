@@ -61,7 +61,7 @@ def messages_for(
         headers = headers_for(e, expected_last_seq if i == 0 else None)
         prev = proof.next_link(prev, payload)
         headers[proof.CHAIN] = proof.format_link(prev)
-        kid = ring.current(e.from_sector.value) if ring is not None else None
+        kid = ring.current(keys.signer(e)) if ring is not None else None
         if kid is not None:
             headers[proof.KEY] = kid
         messages.append((subjects.event_subject(e.child, e.from_sector, e.to_sector), payload, headers))

@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> FastStream:
         pagers.append(HistoryPager(nc, flush_after=settings.page_after_s))
         await pagers[0].start()
         # The bus's other background duty: sealing the log at intervals (services/audit/seal.py).
-        sealers.append(asyncio.create_task(sealer(nc, settings.keyring(), settings.seal_interval_s)))
+        sealers.append(asyncio.create_task(sealer(nc, settings.service_keyring("pager"), settings.seal_interval_s)))
 
     async def stop_pager() -> None:
         for task in sealers:

@@ -313,10 +313,11 @@ async def open_bus(
             await require_streams(nc, url)
         ring = settings.keyring()
         keys.install(ring)  # what this process writes is signed with the deployment's keys
-        try:
-            await keys.publish(nc, ring, wait=2.0)
-        except Exception as exc:  # a user that may not publish keys, a bus without REFBUS_KEYS: reads still work
-            log.warning("keys_not_published", error=repr(exc))
+        if ring.can_certify():  # only the bus key's holder certifies and publishes the public records
+            try:
+                await keys.publish(nc, ring, wait=2.0)
+            except Exception as exc:  # a user that may not publish keys, a bus without REFBUS_KEYS: reads still work
+                log.warning("keys_not_published", error=repr(exc))
         if announce:
             print(description, file=sys.stderr, flush=True)
         yield Bus(nc, url, server, description, record)

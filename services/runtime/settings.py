@@ -62,21 +62,51 @@ class Settings:
     "REFBUS_LOG_LEVEL; None: INFO (to a file under the data dir for `up` and `demo`)."
     seal_interval_s: float = 60.0
     "How often the bus seals the log (services/audit/seal.py)."
+    secrets_dir: Path | None = None
+    "Where the signing keys (keys/) and the event-id key are (REFBUS_SECRETS_DIR); None: <data_dir>/secrets."
+    keys_provisioned: bool = False
+    "REFBUS_KEYS_PROVISIONED=1: a deployment provisioned the keys (`refbus keys --out`); none is ever"
+    " made here, and a service whose own key is missing refuses to start (docs/decisions/0015-key-provisioning.md)."
+
+    @property
+    def secrets(self) -> Path:
+        return self.secrets_dir or self.data_dir / "secrets"
 
     def keyring(self) -> "Keyring":
-        """The sectors' and the bus's signing keys, in <data_dir>/secrets/keys/ (made on first use,
-        readable by their owner only; `refbus keys` makes, rotates and revokes them)."""
+        """The signing keys in <secrets>/keys/ (<data_dir>/secrets unless REFBUS_SECRETS_DIR): made on
+        first use, readable by their owner only, unless the deployment provisioned them."""
         from refbus.services.audit import keys
 
-        return keys.ensure(self.data_dir)
+        folder = self.secrets / "keys"
+        return keys.load_dir(folder) if self.keys_provisioned else keys.ensure_dir(folder)
+
+    def service_keyring(self, service: str) -> "Keyring":
+        """The keys `service` signs with (keys.SERVICE_OWNERS); SettingsError, in one line, if the
+        deployment provisioned keys and this service's own are not there."""
+        from refbus.services.audit import keys
+
+        ring = self.keyring()
+        missing = [owner for owner in keys.SERVICE_OWNERS[service] if ring.current(owner) is None]
+        if missing:
+            raise SettingsError(
+                f"REFBUS_KEYS_PROVISIONED is set but {self.secrets / 'keys'} holds no key of {', '.join(missing)}: "
+                f"mount {service}'s provisioned keys there (refbus keys --out), never a new one"
+            )
+        return ring
 
     def event_id_key(self) -> bytes:
-        """The deployment's event-id key: from the environment, else the data dir's (made on first
-        use, readable by its owner only). Every instance of the services must share it."""
+        """The deployment's event-id key: from the environment, else <secrets>/event-id.key (made on
+        first use, readable by its owner only, unless provisioned). Every instance of the services
+        must share it."""
         if self.event_id_key_hex:
             return bytes.fromhex(self.event_id_key_hex)
-        path = self.data_dir / "secrets" / "event-id.key"
+        path = self.secrets / "event-id.key"
         if not path.exists():
+            if self.keys_provisioned:
+                raise SettingsError(
+                    f"REFBUS_KEYS_PROVISIONED is set but there is no {path} nor REFBUS_EVENT_ID_KEY: mount the "
+                    "deployment's event-id key (refbus keys --out), never a new one"
+                )
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
@@ -113,6 +143,8 @@ class Settings:
             ),
             "log_level": check_log_level(env.get("REFBUS_LOG_LEVEL") or None, "REFBUS_LOG_LEVEL"),
             "seal_interval_s": float(env.get("REFBUS_SEAL_INTERVAL_S", "60")),
+            "secrets_dir": Path(env["REFBUS_SECRETS_DIR"]) if env.get("REFBUS_SECRETS_DIR") else None,
+            "keys_provisioned": _flag(env, "REFBUS_KEYS_PROVISIONED"),
         }
         key = values["event_id_key_hex"]
         if key is not None:
@@ -130,6 +162,15 @@ def check_log_level(level: str | None, name: str = "--log-level") -> str | None:
     if level.upper() not in LOG_LEVELS or not isinstance(logging.getLevelName(level.upper()), int):
         raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {_shown(level)}")
     return level.upper()
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {_shown(raw)}")
 
 
 def _shown(value: str) -> str:

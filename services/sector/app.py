@@ -40,7 +40,7 @@ def sector_app(
     gateways: list[GatewayRuntime] = []
 
     async def start_inbox(nc: NATS) -> None:
-        store = instrument.event_store(nc, ring=settings.keyring())  # counts what it appends
+        store = instrument.event_store(nc, ring=settings.service_keyring(sector.value))  # counts what it appends
         service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))

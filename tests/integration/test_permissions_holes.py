@@ -26,6 +26,7 @@ from refbus.services.sector.service import inbox_consumer
 from tests.factories import new_child, record, request
 from tests.integration import secured
 from tests.integration.secured import PERMISSIONS_CONFIG, connect_as
+from tests.integration.test_sealer_secured import SEALER_PERMISSIONS
 
 pytestmark = pytest.mark.integration
 NO_ANSWER = (NatsTimeout, NoRespondersError, asyncio.TimeoutError)
@@ -313,6 +314,7 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
             "its reader of the index, filtered form only (the index holds nothing else)",
         ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_CHILDREN.*"): "delete that reader when it starts again",
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_CHILDREN.*"): "pull requests on that reader",
+        **SEALER_PERMISSIONS,  # the sealer runs in the pager's process (tests/integration/test_sealer_secured.py)
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
     "deadlines": {
