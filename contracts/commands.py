@@ -199,6 +199,44 @@ class Feed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     "Pass as `after` to resume: the newest sequence this page holds (or the one asked for)."
 
 
+# -- where a sector's webhook deliveries go (PUT/GET/DELETE /v1/{sector}/webhook) ------------------
+
+
+# http(s), an ASCII host name or IPv4 address (punycode for others), a port in range, then printable ASCII.
+_HOST = r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
+_PORT = r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+WEBHOOK_URL_PATTERN = rf"^[Hh][Tt][Tt][Pp][Ss]?://{_HOST}{_PORT}([/?#][!-~]*)?$"
+
+
+class WebhookRegistration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Deliver what is addressed to this sector to `url` (http or https), from where deliveries stopped."""
+
+    url: Annotated[str, msgspec.Meta(min_length=8, max_length=2048, pattern=WEBHOOK_URL_PATTERN)]
+    rotate_secret: bool = False
+    "Replace the signing secret (answered once, here); otherwise the secret stays as it is."
+
+
+class WebhookRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A sector's registration as the bus keeps it (KV bucket REFBUS_WEBHOOKS, key = the sector):
+    `url` None means its system unregistered (deliveries stay stopped, whatever the default)."""
+
+    url: str | None
+    updated_at: UtcTime
+
+
+class WebhookState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A sector's webhook as its gateway applies it. `source`: registered (by the sector system),
+    unregistered (it asked for no deliveries), environment (REFBUS_WEBHOOK_<SECTOR>, the default
+    until a system registers), none."""
+
+    url: str | None
+    source: str
+    delivering: bool
+    updated_at: UtcTime | None = None
+    secret: str | None = None
+    "The `whsec_` signing secret: in the answer to PUT only."
+
+
 # The refusals, for documents and clients: (status, code, when).
 ERRORS: tuple[tuple[int, str, str], ...] = (
     (401, "unauthenticated", "no bearer token, or not one of this deployment's sector tokens"),
@@ -207,6 +245,7 @@ ERRORS: tuple[tuple[int, str, str], ...] = (
     (409, "illegal_transition", "a lifecycle rule refuses the event (`rule` names it)"),
     (409, "idempotency_key_reused", "the key was used before for a different command"),
     (409, "conflict", "the child kept changing under concurrent writers; retry with the same key"),
+    (409, "secret_managed_elsewhere", "rotate_secret asked, but the deployment sets the webhook secret"),
     (422, "invalid", "the body is not the command's schema (`field` names the offending field)"),
     (503, "unavailable", "the log refused or could not be reached; retry with the same key"),
 )

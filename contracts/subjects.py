@@ -140,6 +140,17 @@ def webhook_consumer(sector: Sector) -> str:
     return f"webhook-{sector.value}"
 
 
+# Where each sector's system asked its webhook deliveries to go (services/gateway/registration.py): a
+# KV bucket, one key per sector (the sector's name), so the registration outlives the service's
+# process and every replica of a sector follows it. On the wire: `$KV.REFBUS_WEBHOOKS.<sector>`.
+WEBHOOKS_BUCKET = "REFBUS_WEBHOOKS"
+
+
+def webhook_registration_key(sector: Sector) -> str:
+    """One sector's key in WEBHOOKS_BUCKET."""
+    return sector.value
+
+
 def redrive_subject(sector: Sector | str) -> str:
     """Redrive requests for one sector, in REFBUS_DEAD_LETTERS: the sector's redrive consumer reads
     them and handles the named log message again."""

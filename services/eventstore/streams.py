@@ -9,6 +9,7 @@ import asyncio
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
+    KeyValueConfig,
     PersistMode,
     RetentionPolicy,
     StorageType,
@@ -16,7 +17,7 @@ from nats.js.api import (
     StreamSource,
     SubjectTransform,
 )
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from refbus.contracts import subjects
 from refbus.services.eventstore import jetstream
@@ -127,6 +128,21 @@ def access_config(replicas: int = 1) -> StreamConfig:
     )
 
 
+def webhooks_bucket_config(replicas: int = 1) -> KeyValueConfig:
+    # A KV bucket (nats-py's conventions: stream KV_<bucket>, subjects $KV.<bucket>.<key>): each sector
+    # system's webhook registration (services/gateway/registration.py). A few revisions are kept, so an
+    # operator can see what a registration was before it changed.
+    return KeyValueConfig(
+        bucket=subjects.WEBHOOKS_BUCKET,
+        description="refbus: where each sector system asked its webhook deliveries to go",
+        history=8,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        direct=True,
+        max_value_size=4096,
+    )
+
+
 async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
     """Create the streams that do not exist yet; leave existing ones exactly as they are.
     On a cluster still forming (no quorum, too few peers), retry for up to `wait` seconds."""
@@ -152,3 +168,15 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
                 if not retryable or asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.5)
+    while True:
+        try:
+            try:
+                await js.key_value(subjects.WEBHOOKS_BUCKET)
+            except BucketNotFoundError:
+                await js.create_key_value(webhooks_bucket_config(replicas))
+            return
+        except (ServiceUnavailableError, BadRequestError, TimeoutError) as exc:
+            retryable = not isinstance(exc, BadRequestError) or exc.err_code == jetstream.NO_PEERS_YET
+            if not retryable or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)

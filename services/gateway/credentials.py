@@ -34,12 +34,34 @@ def gateway_token(data_dir: Path, sector: Sector) -> str:
     return _kept(data_dir / "secrets" / f"gateway-{sector.value}.token", secrets.token_urlsafe(32))
 
 
+def _new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_secret_file(data_dir: Path, sector: Sector) -> Path | None:
+    """Where the sector's webhook secret is kept, or None when the environment sets it."""
+    if os.environ.get(f"REFBUS_WEBHOOK_SECRET_{sector.value.upper()}"):
+        return None
+    return data_dir / "secrets" / f"webhook-{sector.value}.secret"
+
+
 def webhook_secret(data_dir: Path, sector: Sector) -> str:
-    env = os.environ.get(f"REFBUS_WEBHOOK_SECRET_{sector.value.upper()}")
-    if env:
-        return env
-    made = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    return _kept(data_dir / "secrets" / f"webhook-{sector.value}.secret", made)
+    kept = webhook_secret_file(data_dir, sector)
+    if kept is None:
+        return os.environ[f"REFBUS_WEBHOOK_SECRET_{sector.value.upper()}"]
+    return _kept(kept, _new_webhook_secret())
+
+
+def rotate_webhook_secret(path: Path) -> str:
+    """A new secret in place of the one at `path` (written aside, then renamed: never half a secret)."""
+    made = _new_webhook_secret()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    aside = path.with_name(path.name + f".{os.getpid()}.new")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(made)
+    os.replace(aside, path)
+    return made
 
 
 def secret_bytes(secret: str) -> bytes:

@@ -1,5 +1,7 @@
-"""The gateways over HTTP/JSON (Litestar): `POST /v1/{sector}/commands/{kind}`, and the events feed
-for systems that cannot take webhooks, `GET /v1/{sector}/events?after=<seq>&wait=<s>`.
+"""The gateways over HTTP/JSON (Litestar): `POST /v1/{sector}/commands/{kind}`; the events feed
+for systems that cannot take webhooks, `GET /v1/{sector}/events?after=<seq>&wait=<s>` (long-poll)
+and `GET /v1/{sector}/events/stream` (server-sent events, stream.py); and the sector system's own
+webhook registration, `PUT|GET|DELETE /v1/{sector}/webhook` (registration.py).
 
 Authentication: `Authorization: Bearer <the sector's token>`. A token of another sector is 403, no
 token or an unknown one 401. The OpenAPI 3.1 document (contracts/schema/openapi.json) is generated
@@ -11,17 +13,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import HttpMethod, Litestar, Request, Response, delete, get, post, put, route
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.openapi.spec import Server as OpenAPIServer
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, HeaderParameter, Parameter
 from litestar.response import Response as LitestarResponse
+from litestar.response import ServerSentEvent
 
 from refbus.contracts import commands as c
 from refbus.contracts.vocabulary import Sector
+from refbus.services.gateway import stream
 from refbus.services.gateway.core import Gateway, invalid, refusal
+from refbus.services.gateway.registration import WebhookControl
 
 FeedReader = Callable[[Sector, int, int, float], Awaitable[c.Feed]]
 "(sector, after, limit, wait seconds) -> the events addressed to the sector after `after`."
@@ -99,9 +104,13 @@ def _command_handler(kind: str, command_type: type[c.Command], gateways: Mapping
 
 
 def _ok_spec(description: str) -> Any:
+    return _spec(c.Applied, description)
+
+
+def _spec(container: type, description: str) -> Any:
     from litestar.openapi.datastructures import ResponseSpec
 
-    return ResponseSpec(data_container=c.Applied, description=description, generate_examples=False)
+    return ResponseSpec(data_container=container, description=description, generate_examples=False)
 
 
 def _events_handler(gateways: Mapping[Sector, Gateway], auth: Auth, feed: FeedReader | None) -> Any:
@@ -131,6 +140,103 @@ def _events_handler(gateways: Mapping[Sector, Gateway], auth: Auth, feed: FeedRe
             return _refused(refusal(503, "unavailable", "the log could not be reached"))  # type: ignore[return-value]
 
     return events
+
+
+def _stream_handler(gateways: Mapping[Sector, Gateway], auth: Auth, feed: FeedReader | None, heartbeat_s: float) -> Any:
+    @get(
+        "/v1/{sector:str}/events/stream",
+        operation_id="events_stream",
+        summary="The same events as server-sent events: id = log sequence, resume with Last-Event-ID",
+        description=STREAM_DESCRIPTION,
+        tags=["delivery"],
+        responses=_responses(401, 403, 404, 422),
+        security=[{"bearer": []}],
+    )
+    async def events_stream(
+        sector: FromPath[Sector],
+        request: Request[Any, Any, Any],
+        after: Annotated[int, Parameter(ge=0, le=2**53, description="log sequence to resume after")] = 0,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(name="Last-Event-ID", description="resume after this sequence (wins over after)"),
+        ] = None,
+    ) -> ServerSentEvent:
+        if sector not in gateways or feed is None:
+            return _refused(refusal(404, "not_found", f"this gateway does not serve {sector.value}"))  # type: ignore[return-value]
+        denied = auth.caller(request, sector)
+        if denied is not None:
+            return _refused(denied)  # type: ignore[return-value]
+        cursor = stream.cursor_from(last_event_id, after)
+        if isinstance(cursor, c.Refusal):
+            return _refused(cursor)  # type: ignore[return-value]
+        return stream.event_stream(feed, sector, cursor, heartbeat_s)
+
+    return events_stream
+
+
+URL_RULE = ("url must be an http or https URL with a host name or IPv4 address (punycode for a non-ASCII name), "
+            "a port up to 65535 and no spaces, e.g. https://system.example/refbus/hook")
+
+
+def _webhook_handlers(controls: Mapping[Sector, WebhookControl], auth: Auth) -> list[Any]:
+    def allowed(sector: Sector, request: Request[Any, Any, Any]) -> tuple[WebhookControl | None, c.Refusal | None]:
+        control = controls.get(sector)
+        if control is None:
+            return None, refusal(404, "not_found", f"this gateway does not deliver {sector.value}'s webhooks")
+        return control, auth.caller(request, sector)
+
+    def answer(state: c.WebhookState | c.Refusal) -> Response[bytes]:
+        if isinstance(state, c.Refusal):
+            return _refused(state)
+        return Response(msgspec.json.encode(state), status_code=200, media_type="application/json")
+
+    common: dict[str, Any] = {"tags": ["delivery"], "security": [{"bearer": []}]}
+
+    @put("/v1/{sector:str}/webhook", operation_id="register_webhook", status_code=200,
+         summary="Deliver this sector's events to a URL of its system; answers the signing secret",
+         description=c.WebhookRegistration.__doc__,
+         responses={200: _spec(c.WebhookState, "Registered: deliveries go there, from where they stopped. "
+                               "`secret` is the signing secret."), **_responses(401, 403, 404, 409, 422, 503)},
+         **common)
+    async def register_webhook(sector: FromPath[Sector], request: Request[Any, Any, Any]) -> Response[bytes]:
+        control, denied = allowed(sector, request)
+        if control is None or denied is not None:
+            return _refused(denied)  # type: ignore[arg-type]
+        try:
+            registration = msgspec.json.decode(await request.body(), type=c.WebhookRegistration)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            refused = invalid(exc)
+            if refused.field == "url":  # the pattern itself is no help to a reader
+                refused = refusal(422, "invalid", URL_RULE, field="url")
+            return _refused(refused)
+        return answer(await control.register(registration))
+
+    @get("/v1/{sector:str}/webhook", operation_id="show_webhook",
+         summary="Where this sector's events are delivered, and from what (not the secret)",
+         responses={200: _spec(c.WebhookState, "The registration as applied."), **_responses(401, 403, 404, 422)},
+         **common)
+    async def show_webhook(sector: FromPath[Sector], request: Request[Any, Any, Any]) -> Response[bytes]:
+        control, denied = allowed(sector, request)
+        if control is None or denied is not None:
+            return _refused(denied)  # type: ignore[arg-type]
+        return answer(await control.show())
+
+    @delete("/v1/{sector:str}/webhook", operation_id="unregister_webhook", status_code=200,
+            summary="Stop deliveries; a registration made again resumes where they stopped (nothing lost)",
+            responses={200: _spec(c.WebhookState, "Stopped."), **_responses(401, 403, 404, 422, 503)},
+            **common)
+    async def unregister_webhook(sector: FromPath[Sector], request: Request[Any, Any, Any]) -> Response[bytes]:
+        control, denied = allowed(sector, request)
+        if control is None or denied is not None:
+            return _refused(denied)  # type: ignore[arg-type]
+        return answer(await control.unregister())
+
+    # Litestar's own OPTIONS answer for a path of several handlers names only the first one's method.
+    @route("/v1/{sector:str}/webhook", http_method=[HttpMethod.OPTIONS], include_in_schema=False)
+    async def webhook_options() -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS, PUT"})
+
+    return [webhook_options, register_webhook, show_webhook, unregister_webhook]
 
 
 @get("/healthz", tags=["health"], operation_id="healthz", summary="200 while the gateway runs")
@@ -168,12 +274,20 @@ def _on_error(_: Request[Any, Any, Any], exc: Exception) -> LitestarResponse[byt
 
 
 def gateway_app(
-    gateways: Mapping[Sector, Gateway], tokens: Mapping[Sector, str], feed: FeedReader | None = None
+    gateways: Mapping[Sector, Gateway],
+    tokens: Mapping[Sector, str],
+    feed: FeedReader | None = None,
+    heartbeat_s: float = 15.0,
+    webhooks: Mapping[Sector, WebhookControl] | None = None,
 ) -> Litestar:
+    """`heartbeat_s`: how often an idle event stream sends a comment, so that proxies keep it open.
+    `webhooks`: the sectors whose webhook registration this gateway holds."""
     auth = Auth(tokens)
     handlers = [_command_handler(kind, t, gateways, auth) for kind, t in c.COMMANDS.items()]
+    feeds = [_events_handler(gateways, auth, feed), _stream_handler(gateways, auth, feed, heartbeat_s)]
+    registration = _webhook_handlers(webhooks or {}, auth)
     return Litestar(
-        route_handlers=[*handlers, _events_handler(gateways, auth, feed), healthz],
+        route_handlers=[*handlers, *feeds, *registration, healthz],
         exception_handlers={
             ValidationException: _on_validation,
             HTTPException: _on_http,
@@ -220,7 +334,19 @@ Rules a client can check before sending (contracts/schema/lifecycle.json holds t
 
 Events addressed to a sector reach its system by webhook (Standard Webhooks signatures: headers
 webhook-id, webhook-timestamp, webhook-signature = v1,base64(HMAC-SHA256(secret, id.timestamp.body))),
-or by polling GET /v1/{sector}/events with the last sequence seen.
+to the URL it registers with PUT /v1/{sector}/webhook (which answers the secret); or by polling
+GET /v1/{sector}/events with the last sequence seen; or as server-sent events, GET /v1/{sector}/events/stream.
+"""
+
+STREAM_DESCRIPTION = """\
+The events of GET /v1/{sector}/events, pushed as server-sent events down one open response. Each event is
+one SSE message: `id:` its log sequence, `data:` a Delivered ({"seq", "event"}) as JSON, no `event:` field.
+Resume with the standard Last-Event-ID header (EventSource sends it when it reconnects; it wins over
+`after`) or with `after`: nothing is lost or repeated. A message with an `id:` and no data moves the cursor
+past log entries the feed skips. A comment line (`: keep-alive`) comes while nothing happens, so proxies
+keep the connection open; `retry:` says how soon to reconnect. The log is read a page at a time as the
+client reads, so a slow client holds the gateway to one page. If the log cannot be reached the stream ends:
+reconnect.
 """
 
 
@@ -239,9 +365,21 @@ def openapi_document() -> dict[str, Any]:
                         "application/json": {"schema": {"$ref": f"#/components/schemas/{c.COMMANDS[kind].__name__}"}}
                     },
                 }
+    stream_ok = document["paths"]["/v1/{sector}/events/stream"]["get"]["responses"]["200"]
+    stream_ok["description"] = "An event stream (text/event-stream) that stays open; see the operation's description."
+    stream_ok["content"] = {
+        "text/event-stream": {
+            "schema": {"type": "string", "description": "SSE messages; each event's data is a Delivered (JSON)"},
+            "x-refbus-data": {"$ref": "#/components/schemas/Delivered"},
+        }
+    }
+    document["paths"]["/v1/{sector}/webhook"]["put"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WebhookRegistration"}}},
+    }
     # The bodies' schemas as msgspec states them (patterns, bounds, no fields outside the contract):
     # the same schemas the JSON Schema and AsyncAPI files hold.
-    types = [*c.COMMANDS.values(), c.Applied, c.Refusal, c.Feed]
+    types = [*c.COMMANDS.values(), c.Applied, c.Refusal, c.Feed, c.WebhookRegistration, c.WebhookState]
     _, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     document.setdefault("components", {}).setdefault("schemas", {}).update(components)
     return document

@@ -1,5 +1,6 @@
 """A sector service's gateway, started with it (services/sector/app.py): HTTP (when a port is
-configured), NATS request/reply, and webhook delivery (when a URL is configured)."""
+configured), NATS request/reply, and webhook delivery (to the URL its system registered, else the
+configured default; registration.py)."""
 
 import asyncio
 import contextlib
@@ -15,6 +16,7 @@ from refbus.services.gateway.config import GatewayConfig
 from refbus.services.gateway.core import Gateway
 from refbus.services.gateway.feed import FeedReader
 from refbus.services.gateway.http import gateway_app
+from refbus.services.gateway.registration import KvRecords, WebhookControl
 from refbus.services.gateway.requests import CommandResponder
 from refbus.services.gateway.webhooks import WebhookDelivery
 
@@ -26,7 +28,7 @@ class GatewayRuntime:
     sector: Sector
     config: GatewayConfig
     gateway: Gateway | None = None
-    webhooks: WebhookDelivery | None = None
+    webhook: WebhookControl | None = None
     responder: CommandResponder | None = None
     http: uvicorn.Server | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -36,8 +38,14 @@ class GatewayRuntime:
         if self.config.nats_commands:
             self.responder = CommandResponder(nc, self.gateway)
             await self.responder.start()
+        if self.config.webhook_url or self.config.http_port is not None:
+            self.webhook = self._webhook_control(nc, ack_wait)
         if self.config.http_port is not None:
-            app = gateway_app({self.sector: self.gateway}, self.config.tokens, FeedReader(nc))
+            app = gateway_app(
+                {self.sector: self.gateway}, self.config.tokens, FeedReader(nc),
+                heartbeat_s=self.config.stream_heartbeat_s,
+                webhooks={self.sector: self.webhook} if self.webhook else {},
+            )
             server = uvicorn.Server(
                 uvicorn.Config(
                     app, host=self.config.http_host, port=self.config.http_port, log_level="warning",
@@ -52,12 +60,23 @@ class GatewayRuntime:
                     self._tasks[0].result()  # raises why it could not start (port taken)
                 await asyncio.sleep(0.02)
             log.info("gateway_http_started", sector=self.sector.value, port=self.config.http_port)
-        if self.config.webhook_url:
-            self.webhooks = WebhookDelivery(
-                nc, self.sector, self.config.webhook_url, self.config.webhook_secret,
+        if self.webhook is not None:
+            await self.webhook.start()
+
+    def _webhook_control(self, nc: NATS, ack_wait: float) -> WebhookControl:
+        async def deliver(url: str, secret: str) -> WebhookDelivery:
+            delivery = WebhookDelivery(
+                nc, self.sector, url, secret,
                 retry_max_s=self.config.retry_max_s, timeout_s=self.config.webhook_timeout_s, ack_wait=ack_wait,
             )
-            await self.webhooks.start()
+            await delivery.start()
+            return delivery
+
+        return WebhookControl(
+            self.sector, KvRecords(nc), deliver, default_url=self.config.webhook_url,
+            secret=self.config.webhook_secret, secret_file=self.config.webhook_secret_file,
+            poll_s=self.config.registration_poll_s,
+        )
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -67,5 +86,5 @@ class GatewayRuntime:
                 await asyncio.wait_for(task, 5.0)
         if self.responder is not None:
             await self.responder.stop()
-        if self.webhooks is not None:
-            await self.webhooks.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()

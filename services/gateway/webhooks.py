@@ -13,6 +13,7 @@ body is the event's JSON exactly as stored; `refbus-seq` carries its log sequenc
 """
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -28,6 +29,9 @@ from refbus.services.gateway import credentials, metrics
 from refbus.services.sector.inbox import Inbox, ensure_consumer
 
 log = structlog.get_logger(__name__)
+
+PULL_EXPIRES_S = 2.0
+"A pull request's life: how long a pause (an unregistration) waits for the last one to end."
 
 
 def webhook_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
@@ -74,22 +78,35 @@ class WebhookDelivery:
         self.inbox: Inbox | None = None
         self.delivered = 0
         self._stopping = False
+        self._pausing = False
+        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         config = webhook_consumer(self.sector, self.ack_wait)
         await ensure_consumer(self.nc, subjects.STREAM, config)
-        self.inbox = Inbox(self.nc, subjects.STREAM, subjects.webhook_consumer(self.sector), self.handle, workers=1)
+        self.inbox = Inbox(
+            self.nc, subjects.STREAM, subjects.webhook_consumer(self.sector), self.handle, workers=1,
+            expires=PULL_EXPIRES_S,
+        )
         await self.inbox.start()
         log.info("webhook_delivery_started", sector=self.sector.value, consumer=config.durable_name)
 
-    async def stop(self) -> None:
-        self._stopping = True  # a delivery being retried gives up, unacked: it comes back after a restart
+    async def stop(self, pause: bool = False) -> None:
+        """Stop delivering (the service stops, or `pause`: its system unregistered). A delivery being
+        retried gives up, unacked. Paused, it is handed back at once (nak), and so is whatever the
+        last pull request still brings: a registration made again resumes at it without waiting ack_wait."""
+        self._stopping = True
+        self._pausing = pause
+        self._stopped.set()
         if self.inbox is not None:
-            await self.inbox.stop(wait=1.0)
+            await self.inbox.stop(wait=1.0, requests_end=pause)
         await self.client.aclose()
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
+        if self._pausing:
+            await msg.nak()
+            return
         try:
             event = codec.decode_on(msg.subject, msg.data)
         except codec.UndecodableEvent as exc:  # the inbox consumer sets it aside; nothing to deliver
@@ -123,6 +140,7 @@ class WebhookDelivery:
             reason = _failure(error, status)
             metrics.webhook_failed(self.sector.value, reason)
             if self._stopping:
+                await self._give_back(msg)
                 return
             attempt += 1
             pause = min(self.retry_max_s, 0.25 * 2 ** min(attempt, 10))
@@ -131,9 +149,17 @@ class WebhookDelivery:
             if time.monotonic() - last_progress + pause > self.ack_wait / 3:
                 await msg.in_progress()
                 last_progress = time.monotonic()
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):  # a stop ends the pause at once
+                async with asyncio.timeout(pause):
+                    await self._stopped.wait()
             if self._stopping:
+                await self._give_back(msg)
                 return
             if time.monotonic() - last_progress > self.ack_wait / 3:
                 await msg.in_progress()
                 last_progress = time.monotonic()
+
+    async def _give_back(self, msg: Msg) -> None:
+        if self._pausing:
+            with contextlib.suppress(Exception):
+                await msg.nak()

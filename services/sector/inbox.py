@@ -69,12 +69,19 @@ class Inbox:
         self._watchdog = asyncio.create_task(self._watch())
         await self._pull()
 
-    async def stop(self, wait: float = 5.0) -> None:
+    async def stop(self, wait: float = 5.0, requests_end: bool = False) -> None:
         """Stop asking for messages and give those in hand `wait` seconds to be handled; the rest
-        stay unacknowledged and come back (to this or another instance) after ack_wait."""
+        stay unacknowledged and come back (to this or another instance) after ack_wait.
+        `requests_end`: first let the pull requests out expire (at most `expires`), handling what
+        they still bring, so that nothing is delivered to a closed subscription (to wait ack_wait)."""
         self._closing = True
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if requests_end:
+            deadline = asyncio.get_running_loop().time() + self.expires + 1.0
+            # What is owed changes on three paths (messages, statuses, the watchdog): polled, briefly.
+            while self._owed and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
         if self._subscription is not None:
             await self._subscription.unsubscribe()  # what the last request still brings is redelivered
         if self._working:

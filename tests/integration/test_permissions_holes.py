@@ -292,6 +292,10 @@ _SECTOR = {
         "create its webhook consumer, on its inbox filter only (10131)",
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.webhook-{s}"): "pull the next delivery for its system",
     ("pub", "$JS.ACK.REFBUS.webhook-{s}.>"): "ack a delivery once its system answered 2xx",
+    ("pub", "$JS.API.STREAM.INFO.KV_REFBUS_WEBHOOKS"): "open the registrations bucket (nats-py reads its config)",
+    ("pub", "$KV.REFBUS_WEBHOOKS.{s}"): "store its system's webhook registration, its own key only",
+    ("pub", "$JS.API.DIRECT.GET.KV_REFBUS_WEBHOOKS.$KV.REFBUS_WEBHOOKS.{s}"):
+        "read its own registration (direct get by subject: no other key)",
 }
 _SYSTEM = {
     ("pub", "refbus.cmd.{s}.*"): "send commands to its own sector's gateway, nothing else (no stream access)",

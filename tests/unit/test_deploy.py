@@ -25,6 +25,7 @@ import yaml
 
 from refbus.cli import _parser
 from refbus.contracts import subjects
+from refbus.contracts.vocabulary import Sector
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -133,6 +134,8 @@ EXPECTED_KINDS = {
     "deployment-pager.yaml": "Deployment",
     "deployment-deadlines.yaml": "Deployment",
     "secret.example.yaml": "Secret",
+    "gateway-secret.example.yaml": "Secret",
+    **{f"service-{s.value}.yaml": "Service" for s in Sector},
     "kustomization.yaml": "Kustomization",
 }
 
@@ -144,7 +147,8 @@ def test_k8s_manifests_are_the_kinds_expected_and_all_listed() -> None:
     assert found == EXPECTED_KINDS
     resources = yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]
     # Everything but the Secret template (placeholders must never overwrite real passwords).
-    assert sorted(resources) == sorted(set(EXPECTED_KINDS) - {"kustomization.yaml", "secret.example.yaml"})
+    templates = {"secret.example.yaml", "gateway-secret.example.yaml"}
+    assert sorted(resources) == sorted(set(EXPECTED_KINDS) - {"kustomization.yaml"} - templates)
 
 
 def _containers() -> Iterator[tuple[str, dict]]:
@@ -269,10 +273,15 @@ def test_the_docs_run_the_nats_server_from_the_venv() -> None:
 
 
 def _read_by_refbus() -> set[str]:
-    sources = ["services/runtime/settings.py", "refbus/cli.py", "services/runtime/logs.py"]
+    sources = ["services/runtime/settings.py", "refbus/cli.py", "services/runtime/logs.py",
+               "services/gateway/config.py", "services/gateway/credentials.py"]
     names = set()
     for source in sources:
-        names |= set(re.findall(r"[\"'](REFBUS_[A-Z0-9_]+)[\"']", (ROOT / source).read_text()))
+        text = (ROOT / source).read_text()
+        names |= set(re.findall(r"[\"'](REFBUS_[A-Z0-9_]+)[\"']", text))
+        # The gateway's per-sector names, f"REFBUS_WEBHOOK_{name}" and the like, one per sector.
+        for stem in re.findall(r"f[\"'](REFBUS_[A-Z0-9_]+_)\{(?:name|sector\.value\.upper\(\))\}[\"']", text):
+            names |= {stem + sector.value.upper() for sector in Sector}
     return names
 
 
@@ -284,7 +293,8 @@ def test_every_refbus_variable_in_deploy_is_read_by_something() -> None:
     for path in _text_files():
         text = path.read_text()
         for name in set(re.findall(r"\bREFBUS_[A-Z0-9_]*[A-Z0-9]\b", text)):
-            if name in read or name in passwords or name in STREAMS | {subjects.SEALS_STREAM, subjects.KEYS_STREAM}:
+            known = STREAMS | {subjects.SEALS_STREAM, subjects.KEYS_STREAM, subjects.WEBHOOKS_BUCKET}
+            if name in read or name in passwords or name in known:
                 continue
             # A Kubernetes manifest's own variable, defined in its env and used as $(NAME).
             if path.suffix == ".yaml" and f"- name: {name}" in text and f"$({name})" in text:
@@ -400,3 +410,4 @@ def test_a_failed_provisioning_fails(fake_refbus: Path) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "streams ready" not in result.stdout
+
