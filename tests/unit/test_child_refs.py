@@ -70,7 +70,7 @@ def test_known_identifiers_give_references_of_the_contract() -> None:
     (Scheme.IDNP, "2002000000009", "check digit does not match"),
     (Scheme.IDNP, "20020000000081", "13 digits expected, got 14"),
     (Scheme.IDNP, " ", "no digits given"),
-    (Scheme.IDNP, "２００２０００００００００８", "only digits"),  # full-width digits are not ASCII
+    (Scheme.IDNP, "".join(chr(0xFF10 + int(d)) for d in IDNP), "only digits"),  # full-width digits: not ASCII
 ])
 def test_a_bad_identifier_is_refused_saying_what_is_wrong_without_repeating_it(
     scheme: Scheme, number: str, says: str
