@@ -179,6 +179,20 @@ class ConsentWithdrawn(Event, frozen=True, kw_only=True, tag="case.consent-withd
     sectors: Sectors
 
 
+# -- child references (issue 17) ---------------------------------------------------------------
+
+
+class ChildReferenceLinked(Event, frozen=True, kw_only=True, tag="child.reference-linked"):
+    """Two references name one child: `linked_from` (a random reference, given while the child had no
+    documents) continues as `linked_to` (the reference derived from the papers, usually once justice
+    issued them). Stated by the sector that learned the identifier, stored on both references'
+    histories in one atomic write (`child` is one of the two); a read of `linked_to` includes the
+    history of `linked_from`. Addressed to no sector. No identifier: only the two references."""
+
+    linked_from: ChildRef
+    linked_to: ChildRef
+
+
 AnyEvent = (
     ReferralRequested
     | ReferralReceived
@@ -197,6 +211,7 @@ AnyEvent = (
     | BasicServiceDelivered
     | ConsentRecorded
     | ConsentWithdrawn
+    | ChildReferenceLinked
 )
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -110,7 +110,7 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     ring = keys.ensure_dir(folder)
     if args.out is not None:
-        written = keys.export(ring, args.out, settings.event_id_key().hex())
+        written = keys.export(ring, args.out, settings.event_id_key().hex(), settings.child_ref_key().hex())
         for service, files in written.items():
             print(f"{args.out / service}: {', '.join(files)}")
         print(f"provisioned from {folder}; mount each folder as its service's REFBUS_SECRETS_DIR "

@@ -164,6 +164,7 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     """A person's read: recorded in the access trail first (refused without a purpose), verified
     (signatures, chains; a forged page refused), then shown."""
     from refbus.audit_commands import read_for_person, reader_identity, verification_line, write_timeline
+    from refbus.child_ref_commands import follow_links
     from refbus.services.audit.access import NoPurpose
     from refbus.services.audit.asof import state_as_of
     from refbus.services.runtime.bus import open_bus
@@ -183,9 +184,10 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"wrote {args.html}: {verification_line(checked)}")
                 return 0 if checked.ok else EXIT_NO
             checked = await read_for_person(bus.nc, settings, args.child, args.purpose, who, role, "history")
+            followed = await follow_links(bus.nc, settings, args.child, checked, args.purpose, who, role)
     except NoPurpose as exc:
         raise UserError(f"refused: {exc}") from None
-    history = [h for h in checked.events if args.upto_seq is None or h.seq <= args.upto_seq]
+    history = [h for h in followed.events if args.upto_seq is None or h.seq <= args.upto_seq]
     known = len(history)
     if as_of is not None:
         if args.time == "stored":
@@ -193,13 +195,14 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         else:
             history = [h for h in history if (_occurred(h) or h.stored_at) <= as_of]
     if args.json:
-        print(msgspec.json.encode([_as_record(h) for h in history]).decode())
+        print(msgspec.json.encode([_as_record(h, followed.via) for h in history]).decode())
     else:
         for stored in history:
-            print(_timeline_line(stored))
+            under = followed.via.get(stored.seq)
+            print(_timeline_line(stored) + (f"  [recorded under {under}]" if under else ""))
         if as_of is not None and history:
             # Each referral as the log held it then: the services' own fold over the events up to then.
-            state = state_as_of(checked.events, as_of, by=args.time, child=args.child)
+            state = state_as_of(followed.events, as_of, by=args.time, child=args.child)
             print(f"as of {as_of.isoformat()} ({args.time} time):")
             for referral in state.referrals.values():
                 print(f"  referral {str(referral.referral_id)[:8]}  {referral.referrer.value} -> "
@@ -208,18 +211,25 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no events for {args.child} in the log" + (f" up to seq {args.upto_seq}" if args.upto_seq else ""),
               file=sys.stderr)
         return EXIT_NO
-    print(f"verified: {verification_line(checked)}", file=sys.stderr)
+    for ref, part in followed.parts:
+        print(f"verified{'' if ref == args.child else f' (linked {ref})'}: {verification_line(part)}", file=sys.stderr)
+    if followed.linked_to is not None:
+        print(f"{args.child} was linked to {followed.linked_to[0]} at seq {followed.linked_to[1]}: its history "
+              f"continues there (`refbus history {followed.linked_to[0]}` shows both)", file=sys.stderr)
     if not history:
         print(f"{args.child} has {known} events, none {args.time} at or before {as_of.isoformat()}",  # type: ignore[union-attr]
               file=sys.stderr)
     elif as_of is not None:
         print(f"{len(history)} of {known} events {args.time} at or before {as_of.isoformat()}", file=sys.stderr)
-    return 0 if checked.ok else EXIT_NO
+    return 0 if followed.ok else EXIT_NO
 
 
-def _as_record(stored: "StoredEvent") -> dict[str, object]:
-    return {"seq": stored.seq, "occurred_at": _occurred(stored), "stored_at": stored.stored_at,
-            "event": stored.event, "error": stored.error}
+def _as_record(stored: "StoredEvent", via: dict[int, str]) -> dict[str, object]:
+    record = {"seq": stored.seq, "occurred_at": _occurred(stored), "stored_at": stored.stored_at,
+              "event": stored.event, "error": stored.error}
+    if stored.seq in via:
+        record["recorded_under"] = via[stored.seq]  # a reference linked into the one read
+    return record
 
 
 def _minute(when: datetime) -> str:
@@ -242,6 +252,8 @@ def _timeline_line(stored: "StoredEvent") -> str:
         for name in ("service", "reason", "outcome", "deadline"):
             if hasattr(event, name):
                 detail += f" {name}={getattr(event, name)}"
+    elif hasattr(event, "linked_to"):
+        detail = f"{event.linked_from} continues as {event.linked_to}"  # type: ignore[attr-defined]
     elif hasattr(event, "dimension"):
         detail = f"dimension={event.dimension}"  # type: ignore[attr-defined]
     return f"{stored.seq:>8}  {when:<45} {route:<22} {event_type(event):<30} {detail}".rstrip()

@@ -190,11 +190,13 @@ def _write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp.replace(path)
 
 
-def export(ring: Keyring, out: Path, event_id_key_hex: str) -> dict[str, list[str]]:
+def export(ring: Keyring, out: Path, event_id_key_hex: str, child_ref_key_hex: str) -> dict[str, list[str]]:
     """A deployment's provisioned secrets, one folder per service laid out as a data dir's
     secrets/ (what REFBUS_SECRETS_DIR names): keys/<owner>.key for each owner the service signs
     as (current key only), keys/public-keys.json (every record, certified by the bus), and
-    event-id.key for the services that derive event ids; verifier/ holds the public records alone.
+    event-id.key for the services that derive event ids; verifier/ holds the public records alone,
+    and child-refs/ the child-reference key, for the sector systems alone (they derive references
+    with `refbus child-ref`; no service needs it).
     Returns each folder's files. Raises LookupError if an owner has no current key."""
     public = msgspec.json.encode(ring.public_records())
     written: dict[str, list[str]] = {}
@@ -209,6 +211,8 @@ def export(ring: Keyring, out: Path, event_id_key_hex: str) -> dict[str, list[st
         if service in SERVICES_WITH_EVENT_IDS:
             _write_bytes(folder / "event-id.key", event_id_key_hex.encode())
         written[service] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    _write_bytes(out / "child-refs" / "child-ref.key", child_ref_key_hex.encode())
+    written["child-refs"] = ["child-ref.key"]
     return written
 
 

@@ -15,7 +15,7 @@ from refbus.services.eventstore import jetstream
 from refbus.services.eventstore.reader import LogReader
 from refbus.services.eventstore.records import DeadLetter, StoredEvent
 from refbus.services.eventstore.replay import replay
-from refbus.services.eventstore.store import EventStore
+from refbus.services.eventstore.store import EventStore, Unit
 from refbus.services.eventstore.writer import GroupCommit
 
 
@@ -34,6 +34,9 @@ class JetStreamEventStore(EventStore):
     ) -> list[int]:
         prev = await self._prev_link(child, expected_last_seq, prev)
         return await self._writer.append(child, expected_last_seq, events, prev)
+
+    async def append_together(self, units: Sequence[Unit]) -> list[list[int]]:
+        return await self._writer.append_together(units)
 
     async def _is_stored_as(self, event: Event, seq: int) -> bool:
         """The server answered 'duplicate, stored at seq': only ours if the child's event at that

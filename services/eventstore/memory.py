@@ -10,7 +10,7 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event
 from refbus.services.audit import keys, proof
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, EventIdTaken, StoredEvent
-from refbus.services.eventstore.store import EventStore
+from refbus.services.eventstore.store import EventStore, Unit
 
 
 class InMemoryEventStore(EventStore):
@@ -61,6 +61,19 @@ class InMemoryEventStore(EventStore):
             self._last[event.child] = seq
             stored.append(seq)
         return stored
+
+    async def append_together(self, units: Sequence[Unit]) -> list[list[int]]:
+        # Every check before any write, and no await that yields between them: all or none.
+        ids: set[object] = set()
+        for child, expected, events, _ in units:
+            actual = self._last.get(child, 0)
+            if actual != expected:
+                raise ConcurrencyConflict(child, expected, f"wrong last sequence: {actual}")
+            for event in events:
+                if event.event_id in self._ids or event.event_id in ids:
+                    raise ConcurrencyConflict(child, expected, "an event id is already stored")
+                ids.add(event.event_id)
+        return [await self.append(child, expected, events, prev) for child, expected, events, prev in units]
 
     async def history(
         self, child: str, *, min_seq: int = 0, upto_seq: int | None = None, fresh: bool = True, paged: bool = True

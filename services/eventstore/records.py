@@ -96,6 +96,9 @@ class IndexBehind(Exception):
 Decide = Callable[[ChildState], Sequence[Event]]
 "Turns a child's current state into the events to append (none: nothing to do)."
 
+DecideTogether = Callable[[dict[str, ChildState]], Sequence[Event]]
+"Turns several children's current states (by reference) into events of those children."
+
 
 @dataclass(frozen=True, slots=True)
 class Transacted:

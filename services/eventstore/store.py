@@ -21,6 +21,7 @@ from refbus.services.eventstore.records import (
     ConcurrencyConflict,
     DeadLetter,
     Decide,
+    DecideTogether,
     Delivered,
     StoredEvent,
     Transacted,
@@ -33,6 +34,9 @@ log = structlog.get_logger(__name__)
 # Children whose state a store keeps after reading or writing them, so that the next read of one is
 # a count, or nothing (docs/decisions/0014-recent-children.md).
 RECENT_CHILDREN = 8192
+
+Unit = tuple[str, int, Sequence[Event], proof.Link]
+"One child's part of an atomic write: (child, expected last sequence, events, its newest chain link)."
 
 
 class EventStore(ABC):
@@ -93,6 +97,59 @@ class EventStore(ABC):
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
+    async def transact_together(
+        self, children: Sequence[str], decide: DecideTogether, *, attempts: int = 10
+    ) -> list[Transacted]:
+        """`transact` for one fact that belongs to several children's histories (a link between two
+        references): `decide` sees each child's current state and gives events of those children;
+        each is checked against its own child's state, and all are appended together or not at all,
+        each child's under its own expected last sequence (one atomic batch). One Transacted per child,
+        in the order given. Everything that belongs to one child goes through `transact`."""
+        if len(set(children)) != len(children) or not children:
+            raise ValueError(f"distinct children expected, got {list(children)}")
+        for attempt in range(attempts):
+            states = {child: await self.load(child) for child in children}
+            expected = {child: state.last_seq for child, state in states.items()}
+            decided: dict[str, list[Event]] = {child: [] for child in children}
+            duplicates = dict.fromkeys(children, 0)
+            for event in decide(states):
+                state = states.get(event.child)
+                if state is None:
+                    raise ValueError(f"decide gave an event of {event.child}, not of {list(children)}")
+                if lifecycle.is_duplicate(state, event):
+                    duplicates[event.child] += 1
+                    continue
+                lifecycle.check(state, event)
+                apply(state, event)
+                decided[event.child].append(event)
+            parts = [(child, events) for child, events in decided.items() if events]
+            if not parts:
+                return [Transacted([], states[child], duplicates[child]) for child in children]
+            try:
+                units: list[Unit] = []
+                for child, events in parts:
+                    state = states[child]
+                    fresh = state.chain_seq == expected[child]
+                    known = proof.Link(state.chain_pos, state.chain_hash) if fresh else None
+                    units.append((child, expected[child], events, await self._prev_link(child, expected[child], known)))
+                stored = await self.append_together(units)
+            except ConcurrencyConflict as conflict:
+                log.info("append_conflict", children=list(children), attempt=attempt, expected=conflict.expected)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
+                continue
+            results = {child: Transacted([], states[child], duplicates[child]) for child in children}
+            for (child, _, events, prev), seqs in zip(units, stored, strict=True):
+                state, link = states[child], prev
+                for event in events:
+                    link = proof.next_link(link, codec.encode(event))
+                state.last_seq = max(state.last_seq, seqs[-1])
+                state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, seqs[-1]
+                self._remember(state.copy())
+                results[child] = Transacted(seqs, state, duplicates[child])
+            return [results[child] for child in children]
+        raise ConcurrencyConflict(",".join(children), -1, f"still conflicting after {attempts} attempts")
+
     # -- what each store provides ----------------------------------------------------------------
 
     @abstractmethod
@@ -102,6 +159,12 @@ class EventStore(ABC):
         """Store one child's events together if its last sequence is still `expected_last_seq`;
         their sequences. `prev`: the child's newest link in its hash chain (read when not given).
         No rules checked here: write through `transact`."""
+
+    @abstractmethod
+    async def append_together(self, units: Sequence[Unit]) -> list[list[int]]:
+        """Several children's events stored all together or none, each (child, expected last
+        sequence, events, the child's newest chain link) checked as `append` checks one; their
+        sequences, per unit. No rules checked here: write through `transact_together`."""
 
     async def _prev_link(self, child: str, expected_last_seq: int, prev: proof.Link | None) -> proof.Link:
         if prev is not None:

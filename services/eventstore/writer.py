@@ -118,6 +118,24 @@ class GroupCommit:
         self._start_batches()
         return await unit.done
 
+    async def append_together(
+        self, units: Sequence[tuple[str, int, Sequence[Event], proof.Link]]
+    ) -> list[list[int]]:
+        """Several children's units as one atomic batch of their own, outside the group commit's
+        queue: all stored or none (a duplicate id refuses them all; the caller re-reads)."""
+        ring = self.ring or keys.installed()
+        loop = asyncio.get_running_loop()
+        batch = [
+            _Unit(child, expected, events, messages_for(events, expected, prev, ring), loop.create_future())
+            for child, expected, events, prev in units
+        ]
+        await self._publish_atomic(batch, split_duplicates=False)
+        outcomes = [await asyncio.gather(unit.done, return_exceptions=True) for unit in batch]
+        for (outcome,) in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [outcome for (outcome,) in outcomes]  # type: ignore[misc]
+
     def _start_batches(self) -> None:
         while self._queue and len(self._in_flight) < PIPELINE:
             batch = self._next_batch()
@@ -185,7 +203,7 @@ class GroupCommit:
             return
         unit.done.set_result([ack.seq])
 
-    async def _publish_atomic(self, batch: list[_Unit]) -> None:
+    async def _publish_atomic(self, batch: list[_Unit], split_duplicates: bool = True) -> None:
         messages = [message for unit in batch for message in unit.messages]
         self._sign(messages)
         ack = await jetstream.publish_batch(self.nc, messages, self.timeout)
@@ -197,8 +215,12 @@ class GroupCommit:
                 seq += len(unit.messages)
             return
         code, detail = error.get("err_code"), f"batch of {len(messages)} refused: {error.get('description', '')}"
-        if code == jetstream.DUPLICATE_IN_BATCH:
+        if code == jetstream.DUPLICATE_IN_BATCH and split_duplicates:
             await self._isolate_duplicate(batch)
+            return
+        if code == jetstream.DUPLICATE_IN_BATCH:
+            for unit in batch:
+                unit.done.set_exception(ConcurrencyConflict(unit.child, unit.expected, "an event id is already stored"))
             return
         for unit in batch:
             unit.done.set_exception(_refusal(unit, code, detail, alone=len(batch) == 1))

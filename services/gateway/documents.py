@@ -13,6 +13,7 @@ from refbus.contracts import commands as c
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, TERMINAL_STATUSES, LegalBasis, Sector, Status
 from refbus.services.gateway import core
+from refbus.services.rules import child_links
 from refbus.services.rules import lifecycle as rules
 from refbus.services.sector.service import MAX_ACK_PENDING, MAX_DELIVER, inbox_consumer
 
@@ -83,6 +84,14 @@ def lifecycle() -> dict[str, Any]:
             "consent_must_name": "the referral's to_sector (record-consent with it in `sectors`, not withdrawn since)",
         },
         "service_catalogue": {s.value: list(services) for s, services in SERVICE_CATALOGUE.items()},
+        "child_reference_links": {
+            "event": "child.reference-linked",
+            "stored_on": "both references' histories (child = linked_from, then child = linked_to), in one atomic "
+            "batch, each under its own expected last sequence",
+            "rules": list(child_links.RULES),
+            "reads": "a history of linked_to includes the events recorded under every linked_from",
+            "how": "`refbus link-child`; no gateway command yet",
+        },
         "errors": [{"status": s, "code": code, "when": when} for s, code, when in c.ERRORS],
         "answers": {
             "times": "RFC 3339 with an offset; the services write UTC (+00:00). A time without an offset is refused.",

@@ -8,6 +8,7 @@ stored. The transitions follow FHIR Task.status (docs/decisions/0009-fhir-lifecy
 from refbus.contracts.events import (
     BasicServiceDelivered,
     CaseOpened,
+    ChildReferenceLinked,
     ConsentRecorded,
     ConsentWithdrawn,
     Event,
@@ -27,6 +28,7 @@ from refbus.contracts.events import (
     VulnerabilityIdentified,
 )
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Deadline, LegalBasis, Status
+from refbus.services.rules import child_links
 from refbus.services.rules.deadlines import is_pending
 from refbus.services.rules.state import ChildState, Referral
 
@@ -79,6 +81,10 @@ def check(state: ChildState, event: Event) -> None:
         case CaseOpened():
             if event.from_sector in state.open_cases:
                 raise IllegalEvent(event, f"{event.from_sector.value} already has a case open")
+        case ChildReferenceLinked():
+            reason = child_links.refusal(state, event)
+            if reason is not None:
+                raise IllegalEvent(event, reason)
         case VulnerabilityIdentified() | BasicServiceDelivered() | ConsentRecorded() | ConsentWithdrawn():
             pass
     if not isinstance(event, ReferralEvent) and event.to_sector is not None:

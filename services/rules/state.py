@@ -9,6 +9,7 @@ from refbus.contracts.events import (
     DEADLINE_NOTICES,
     STATUS_AFTER,
     CaseOpened,
+    ChildReferenceLinked,
     ConsentRecorded,
     ConsentWithdrawn,
     Event,
@@ -73,6 +74,10 @@ class ChildState:
     consent: set[Sector] = field(default_factory=set)
     "Sectors the guardian currently consents may receive referrals."
     referrals: dict[UUID, Referral] = field(default_factory=dict)
+    linked_to: str | None = None
+    "The reference this one continues as (child.reference-linked from it), if any."
+    linked_from: list[str] = field(default_factory=list)
+    "The references linked into this one, in log order: their histories are this child's too."
     chain_pos: int = 0
     "How many events the child's hash chain holds (set by the store's read, not by the fold)."
     chain_hash: bytes = b"\0" * 32
@@ -151,6 +156,11 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
             state.consent.update(event.sectors)
         case ConsentWithdrawn():
             state.consent.difference_update(event.sectors)
+        case ChildReferenceLinked():
+            if event.child == event.linked_from:
+                state.linked_to = event.linked_to
+            elif event.linked_from not in state.linked_from:
+                state.linked_from.append(event.linked_from)
     if isinstance(event, ReferralEvent) and event.referral_id in state.referrals:
         steps = state.referrals[event.referral_id].steps
         tag = type(event).__struct_config__.tag

@@ -49,6 +49,8 @@ class Settings:
     "The history pager: how long a child's new events may wait before they are paged."
     event_id_key_hex: str | None = None
     "Keys the services' derived event ids (REFBUS_EVENT_ID_KEY); unset: kept in the data dir."
+    child_ref_key_hex: str | None = None
+    "Keys the child references derived from national identifiers (REFBUS_CHILD_REF_KEY); unset: kept in the data dir."
     connect_timeout: float = 5.0
     "Seconds a command waits for its first connection to the server before it gives up (REFBUS_CONNECT_TIMEOUT)."
     port: int | None = None
@@ -100,18 +102,24 @@ class Settings:
         must share it."""
         if self.event_id_key_hex:
             return bytes.fromhex(self.event_id_key_hex)
-        path = self.secrets / "event-id.key"
-        if not path.exists():
-            if self.keys_provisioned:
-                raise SettingsError(
-                    f"REFBUS_KEYS_PROVISIONED is set but there is no {path} nor REFBUS_EVENT_ID_KEY: mount the "
-                    "deployment's event-id key (refbus keys --out), never a new one"
-                )
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-        return bytes.fromhex(path.read_text().strip())
+        return _kept_key(self._provisioned_or_made(self.secrets / "event-id.key", "REFBUS_EVENT_ID_KEY"))
+
+    def child_ref_key(self) -> bytes:
+        """The deployment's child-reference key (services/rules/child_refs.py): from the environment,
+        else <secrets>/child-ref.key (made on first use, owner-only, unless provisioned). Every sector
+        must hold the same one, or the same child gets different references; never logged nor printed."""
+        if self.child_ref_key_hex:
+            return bytes.fromhex(self.child_ref_key_hex)
+        return _kept_key(self._provisioned_or_made(self.secrets / "child-ref.key", "REFBUS_CHILD_REF_KEY"))
+
+    def _provisioned_or_made(self, path: Path, variable: str) -> Path:
+        """`path`, refusing in one line to make it when the deployment says keys are provisioned."""
+        if self.keys_provisioned and not path.exists():
+            raise SettingsError(
+                f"REFBUS_KEYS_PROVISIONED is set but there is no {path} nor {variable}: mount the "
+                "deployment's key (refbus keys --out), never a new one"
+            )
+        return path
 
     def sim_works_since(self) -> datetime | None:
         """When the simulated sectors' interest starts: referrals requested before it (a registry's
@@ -135,6 +143,7 @@ class Settings:
             "health_host": env.get("REFBUS_HEALTH_HOST") or "127.0.0.1",
             "page_after_s": _parse(env, "REFBUS_PAGE_AFTER_S", float, "a number of seconds", 5.0, minimum=0),
             "event_id_key_hex": env.get("REFBUS_EVENT_ID_KEY") or None,
+            "child_ref_key_hex": env.get("REFBUS_CHILD_REF_KEY") or None,
             "connect_timeout": _parse(env, "REFBUS_CONNECT_TIMEOUT", float, "a number of seconds", 5.0, positive=True),
             "port": _parse(env, "REFBUS_PORT", int, "a port number", None, minimum=1, maximum=65535),
             "monitor_port": _parse(env, "REFBUS_MONITOR_PORT", int, "a port number", None, minimum=1, maximum=65535),
@@ -152,8 +161,40 @@ class Settings:
                 bytes.fromhex(str(key))
             except ValueError:
                 raise SettingsError(f"REFBUS_EVENT_ID_KEY must be hexadecimal, got {_shown(str(key))}") from None
+        _check_child_ref_key(values["child_ref_key_hex"])  # type: ignore[arg-type]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _kept_key(path: Path) -> bytes:
+    """A 256-bit key kept in the data dir: made on first use, readable by its owner only."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Written whole under a name of its own, then linked into place: of processes starting at
+        # once, the first link wins and every other reads that key (never a half-written one).
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            pass
+        finally:
+            staged.unlink()
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _check_child_ref_key(key: str | None) -> None:
+    # The value itself is a secret: the error says what is wrong with it, never shows it.
+    if key is None:
+        return
+    try:
+        raw = bytes.fromhex(key)
+    except ValueError:
+        raise SettingsError("REFBUS_CHILD_REF_KEY must be hexadecimal (its value is not shown)") from None
+    if len(raw) < 16:
+        raise SettingsError(f"REFBUS_CHILD_REF_KEY must be at least 32 hex digits (128 bits), got {len(key)}")
 
 
 def check_log_level(level: str | None, name: str = "--log-level") -> str | None:

@@ -48,7 +48,7 @@ def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 def provisioned_keys(tmp_path: Path) -> Path:
     """One deployment's keys, as `refbus keys --out` writes them: a folder per service."""
     out = tmp_path / "provisioned"
-    keys.export(keys.ensure(tmp_path / "key-master"), out, "ab" * 32)
+    keys.export(keys.ensure(tmp_path / "key-master"), out, "ab" * 32, "ba" * 32)
     return out
 
 

@@ -71,6 +71,7 @@ BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "to_sector": st.none() | st.sampled_from(Sector),
     "causation_id": st.none() | st.uuids(),
 }
+BY_NAME["linked_from"] = BY_NAME["linked_to"] = BY_NAME["child"]
 
 
 def field_strategy(field: msgspec.structs.FieldInfo) -> st.SearchStrategy[Any]:

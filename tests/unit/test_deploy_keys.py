@@ -19,7 +19,7 @@ SECRETS = "/run/secrets/refbus"
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """What `refbus keys --out` writes for each service: the files a mount must hold."""
     tmp = tmp_path_factory.mktemp("keys")
-    return keys.export(keys.ensure(tmp / "master"), tmp / "out", "ee" * 32)
+    return keys.export(keys.ensure(tmp / "master"), tmp / "out", "ee" * 32, "ff" * 32)
 
 
 def _compose() -> dict:

@@ -18,7 +18,7 @@ from tests.factories import answer, envelope, new_child, request
 @pytest.fixture
 def out(tmp_path: Path) -> Path:
     folder = tmp_path / "out"
-    keys.export(keys.ensure(tmp_path / "master"), folder, "cd" * 32)
+    keys.export(keys.ensure(tmp_path / "master"), folder, "cd" * 32, "dc" * 32)
     return folder
 
 
