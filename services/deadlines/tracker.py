@@ -29,6 +29,7 @@ from refbus.services.rules.deadlines import DEFAULT_TABLE, DeadlineTable, due_ti
 from refbus.services.rules.decisions import derived_id
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.rules.state import ChildState, Referral, apply
+from refbus.services.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -184,9 +185,13 @@ class DeadlineTracker:
         return appended
 
     async def fire(self, child: str, referral_id: UUID, now: datetime) -> int:
+        decided: list[ReferralEvent] = []
+
         def decide(fresh: ChildState) -> list[ReferralEvent]:
             referral = fresh.referrals.get(referral_id)
-            return notices(self.id_key, child, referral, now, self.table) if referral else []
+            due = notices(self.id_key, child, referral, now, self.table) if referral else []
+            decided[:] = [event for event in due if event.event_id not in fresh.event_ids]  # new ones only
+            return list(decided)
 
         try:
             done = await self.store.transact(child, decide)
@@ -203,5 +208,8 @@ class DeadlineTracker:
             return 0
         if done.stored:
             log.info("deadline_passed", child=child, referral_id=str(referral_id), events=len(done.stored))
+            for event in decided:  # a reminder is the receiver's note to itself: its move is due
+                if isinstance(event, ReferralOverdue):
+                    metrics.overdue(event.from_sector)
         self.fired += len(done.stored)
         return len(done.stored)

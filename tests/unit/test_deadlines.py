@@ -21,6 +21,7 @@ from refbus.services.rules.audit import Auditor
 from refbus.services.rules.deadlines import DEFAULT_TABLE, DeadlineTable, passed
 from refbus.services.rules.lifecycle import IllegalEvent, check
 from refbus.services.rules.state import fold
+from refbus.services.runtime import metrics
 from tests.factories import answer, envelope, new_child, record, request
 
 KEY = secrets.token_bytes(32)
@@ -152,7 +153,9 @@ async def test_an_overdue_referral_is_reminded_and_escalated_once_per_deadline()
     clock.advance(minutes=4)
     assert await tracker.fire_due() == 0
     clock.advance(minutes=2)  # received (5 min) passed
+    overdue_before = metrics.OVERDUE.labels("health")._value.get()
     assert await tracker.fire_due() == 2
+    assert metrics.OVERDUE.labels("health")._value.get() == overdue_before + 1  # refbus_overdue_total
     await feed(tracker, store)
     assert await tracker.fire_due() == 0
     overdue = [s.event for s in store.log if isinstance(s.event, ReferralOverdue)]
