@@ -34,6 +34,7 @@ from audit import measure as audit_measure  # bench/audit.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
+from webhook_sink import WebhookSink  # bench/webhook_sink.py
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
@@ -57,6 +58,9 @@ HISTORY_SAMPLES = 400
 REPLAY_TRIALS = 3
 LATENCY_RATE = 500  # referrals offered per second
 LATENCY_SECONDS = 20
+# Where the cost of metrics and deadlines is measured: a rate 2 cores keep up with, so that a p99
+# difference is latency, not queueing (bench/metrics_cost.py).
+COST_RATE = 150
 SWEEP_RATES = (100, 250)
 SWEEP_SECONDS = 10
 SIM_SPEED = 1000  # the simulated sectors decide in about a millisecond: we time the bus, not the humans
@@ -408,8 +412,10 @@ class PagerProcess:
         stop_all([process], wait=60)  # it pages what it holds and checkpoints on the way out
 
 
-def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
+def start_services(url: str, webhooks: WebhookSink | None = None) -> dict[Sector, subprocess.Popen[bytes]]:
     env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_SIM_SPEED": str(SIM_SPEED), "REFBUS_LOG_LEVEL": "WARNING"}
+    if webhooks is not None:  # each sector's system takes its deliveries by webhook
+        env.update({f"REFBUS_WEBHOOK_{s.value.upper()}": webhooks.url(s.value) for s in Sector})
     return {
         s: subprocess.Popen(
             [sys.executable, "-m", "refbus.cli", "service", s.value],
@@ -422,16 +428,20 @@ def start_services(url: str) -> dict[Sector, subprocess.Popen[bytes]]:
 
 
 async def end_to_end(
-    workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True
+    workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True,
+    webhooks: bool = True,
 ) -> dict[str, object]:
+    """Referrals through the four services as deployed, each event addressed to a sector also
+    delivered to its system by webhook (`webhooks`), the deadline service following (`deadlines`)."""
     server, server_gc = ServerGC.server(workdir)
     services: dict[Sector, subprocess.Popen[bytes]] = {}
     pager: subprocess.Popen[bytes] | None = None
     tracker: subprocess.Popen[bytes] | None = None
+    sink = await WebhookSink().start() if webhooks else None
     try:
         nc = await connect(server.url, "bench-e2e")
         await streams.provision(nc.jetstream())
-        services = start_services(server.url)
+        services = start_services(server.url, sink)
         pager = start_pager(server.url)
         tracker = start_deadlines(server.url) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
@@ -469,7 +479,9 @@ async def end_to_end(
         offered = total / (time.perf_counter() - start)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            info = [await nc.jetstream().consumer_info(subjects.STREAM, f"inbox-{s.value}") for s in sectors]
+            consumers = [f"inbox-{s.value}" for s in sectors]
+            consumers += [subjects.webhook_consumer(s) for s in Sector] if sink is not None else []
+            info = [await nc.jetstream().consumer_info(subjects.STREAM, name) for name in consumers]
             if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in info):
                 break
             await asyncio.sleep(0.5)
@@ -497,7 +509,10 @@ async def end_to_end(
             stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])], wait=60)
         finally:
             server.stop()  # also when a measurement fails: no orphaned processes
+            if sink is not None:
+                await sink.stop()
     return {
+        "webhook_deliveries": sum(sink.deliveries.values()) if sink else None,
         "offered_referrals_per_s": round(offered, 1),
         "referrals": total,
         "request_to_received_ms": ms(received),
@@ -692,7 +707,7 @@ async def run(workdir: Path) -> dict[str, object]:
     results["received_p99_ms"] = e2e["request_to_received_ms"]["p99"]  # type: ignore[index]
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
     # The services' metrics off and on at the latency rate (bench/metrics_cost.py).
-    results["metrics_cost"] = await metrics_cost.compare(end_to_end, workdir / "metrics", LATENCY_RATE, LATENCY_SECONDS)
+    results["metrics_cost"] = await metrics_cost.compare(end_to_end, workdir / "metrics", COST_RATE, LATENCY_SECONDS)
     return results
 
 

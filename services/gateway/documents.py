@@ -13,6 +13,7 @@ from refbus.contracts import commands as c
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, TERMINAL_STATUSES, LegalBasis, Sector, Status
 from refbus.services.gateway import core
+from refbus.services.gateway.webhooks import IN_FLIGHT as WEBHOOKS_IN_FLIGHT
 from refbus.services.rules import child_links
 from refbus.services.rules import lifecycle as rules
 from refbus.services.sector.service import MAX_ACK_PENDING, MAX_DELIVER, inbox_consumer
@@ -111,9 +112,10 @@ def lifecycle() -> dict[str, Any]:
                 "name": subjects.webhook_consumer(Sector.SOCIAL).replace("social", "<sector>"),
                 "filter_subject": subjects.inbox_filter(Sector.SOCIAL).replace("social", "<sector>"),
                 "deliver_policy": "all",
-                "max_ack_pending": 1,
+                "max_ack_pending": WEBHOOKS_IN_FLIGHT,
                 "note": "acked only after the sector system answered 2xx; created when a webhook URL is first "
-                "configured, it starts from the beginning of the log (at least once: drop repeats by webhook-id)",
+                "configured, it starts from the beginning of the log (at least once: drop repeats by webhook-id); "
+                "deliveries of one child in log order, of different children concurrently",
             },
             "newest_sequence_of_a_child": (
                 f"Direct get on stream {subjects.CHILD_INDEX_STREAM} with last_by_subj "

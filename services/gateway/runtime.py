@@ -64,12 +64,18 @@ class GatewayRuntime:
             await self.webhook.start()
 
     def _webhook_control(self, nc: NATS, ack_wait: float) -> WebhookControl:
+        started: list[WebhookDelivery] = []
+
         async def deliver(url: str, secret: str) -> WebhookDelivery:
             delivery = WebhookDelivery(
                 nc, self.sector, url, secret,
                 retry_max_s=self.config.retry_max_s, timeout_s=self.config.webhook_timeout_s, ack_wait=ack_wait,
             )
-            await delivery.start()
+            # Only this process's first delivery may follow a crash; later ones follow our own
+            # stop, which handed back all it held.
+            await delivery.start(after_restart=not started)
+            started.append(delivery)
+            del started[:-1]
             return delivery
 
         return WebhookControl(

@@ -1,10 +1,13 @@
 """Delivery to a sector system by webhook: what the log addresses to the sector, POSTed to its URL.
 
-A durable consumer per sector (`webhook-<sector>`, filter `refbus.ev.*.*.<sector>`, explicit acks,
-max_ack_pending 1) feeds one delivery at a time, in log order, so every child's events arrive in
-order. A delivery is retried with exponential backoff until the system answers 2xx, and only then
-acked: a restart of either side resumes where it was (the unacked message comes back), so delivery
-is at least once and the `webhook-id` (the event id) lets the receiver drop a repeat.
+A durable consumer per sector (`webhook-<sector>`, filter `refbus.ev.*.*.<sector>`, explicit acks)
+feeds up to IN_FLIGHT deliveries at once, one child's at a time, in log order (messages reach the
+handler in log order, and each queues behind its child's previous one before its first await). A delivery
+is retried with exponential backoff until the system answers 2xx, and only then acked; a stop hands
+back what it holds (nak: redelivered first, in order), and a start after a crash waits until what
+the crashed instance held comes back before taking anything new, so a child's events never
+overtake each other. At least once: the `webhook-id` (the event id) lets the receiver drop a
+repeat. Why not one at a time, in log order: docs/decisions/0018-webhooks-in-order-per-child.md.
 
 Each request is signed as Standard Webhooks sign: headers `webhook-id` (the event id),
 `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
@@ -23,8 +26,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from refbus.contracts import codec, subjects
-from refbus.contracts.events import event_type
+from refbus.contracts.events import AnyEvent, event_type
 from refbus.contracts.vocabulary import Sector
+from refbus.services.eventstore import jetstream
 from refbus.services.gateway import credentials, metrics
 from refbus.services.sector.inbox import Inbox, ensure_consumer
 
@@ -32,6 +36,8 @@ log = structlog.get_logger(__name__)
 
 PULL_EXPIRES_S = 2.0
 "A pull request's life: how long a pause (an unregistration) waits for the last one to end."
+IN_FLIGHT = 32
+"Deliveries under way at once, per sector (each child's one at a time)."
 
 
 def webhook_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
@@ -42,7 +48,7 @@ def webhook_consumer(sector: Sector, ack_wait: float = 30.0) -> ConsumerConfig:
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_deliver=-1,
-        max_ack_pending=1,
+        max_ack_pending=IN_FLIGHT,
     )
 
 
@@ -80,38 +86,81 @@ class WebhookDelivery:
         self._stopping = False
         self._pausing = False
         self._stopped = asyncio.Event()
+        self._last_of_child: dict[str, asyncio.Future[None]] = {}
+        "Each child's newest delivery taken: the next of that child waits for it."
+        self._late_start: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, after_restart: bool = True) -> None:
+        """`after_restart`: this process has not delivered for the sector yet (what a crashed
+        instance held may still be out)."""
         config = webhook_consumer(self.sector, self.ack_wait)
         await ensure_consumer(self.nc, subjects.STREAM, config)
         self.inbox = Inbox(
-            self.nc, subjects.STREAM, subjects.webhook_consumer(self.sector), self.handle, workers=1,
+            self.nc, subjects.STREAM, subjects.webhook_consumer(self.sector), self.handle, workers=IN_FLIGHT,
             expires=PULL_EXPIRES_S,
         )
-        await self.inbox.start()
+        if after_restart and await self._held(config):
+            self._late_start = asyncio.create_task(self._start_after_held(self.inbox))
+        else:
+            await self.inbox.start()
         log.info("webhook_delivery_started", sector=self.sector.value, consumer=config.durable_name)
 
+    async def _held(self, config: ConsumerConfig) -> int:
+        info = await jetstream.api_request(
+            self.nc, jetstream.consumer_info_subject(subjects.STREAM, config.durable_name or ""), {}, 5.0
+        )
+        return int(info.get("num_ack_pending", 0))
+
+    async def _start_after_held(self, inbox: Inbox) -> None:
+        """Deliveries an instance held when it died come back only after ack_wait; anything taken
+        before them could overtake a child's earlier event: wait for them to come back first."""
+        log.info("webhook_waiting_for_held_deliveries", sector=self.sector.value, wait_s=self.ack_wait)
+        with contextlib.suppress(TimeoutError):  # a stop ends the wait at once
+            async with asyncio.timeout(self.ack_wait + 1.0):
+                await self._stopped.wait()
+        if not self._stopping:
+            await inbox.start()
+
     async def stop(self, pause: bool = False) -> None:
-        """Stop delivering (the service stops, or `pause`: its system unregistered). A delivery being
-        retried gives up, unacked. Paused, it is handed back at once (nak), and so is whatever the
-        last pull request still brings: a registration made again resumes at it without waiting ack_wait."""
+        """Stop delivering (the service stops, or `pause`: its system unregistered). What it holds,
+        a delivery being retried included, is handed back at once (nak), in order; paused, so is
+        whatever the last pull request still brings: a registration made again resumes at it
+        without waiting ack_wait (a process's first start after a restart waits, see start)."""
         self._stopping = True
         self._pausing = pause
         self._stopped.set()
+        if self._late_start is not None:
+            await self._late_start  # ends at once: it waits on _stopped
         if self.inbox is not None:
             await self.inbox.stop(wait=1.0, requests_end=pause)
         await self.client.aclose()
 
     async def handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        if self._pausing:
-            await msg.nak()
-            return
         try:
             event = codec.decode_on(msg.subject, msg.data)
         except codec.UndecodableEvent as exc:  # the inbox consumer sets it aside; nothing to deliver
             log.warning("webhook_skipped", seq=seq, reason=exc.reason)
             await msg.ack()
+            return
+        # Queued behind the child's previous delivery before any await: the order the log gave.
+        before = self._last_of_child.get(event.child)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._last_of_child[event.child] = mine
+        try:
+            while before is not None and not before.done():
+                await asyncio.wait({before}, timeout=self.ack_wait / 3)
+                if not before.done():  # still ours while it waits: or the server would redeliver it
+                    await msg.in_progress()
+            await self._deliver(msg, seq, event)
+        finally:
+            mine.set_result(None)
+            if self._last_of_child.get(event.child) is mine:
+                del self._last_of_child[event.child]
+
+    async def _deliver(self, msg: Msg, seq: int, event: AnyEvent) -> None:
+        if self._stopping:
+            await self._give_back(msg)
             return
         headers = {
             "content-type": "application/json",
@@ -160,6 +209,6 @@ class WebhookDelivery:
                 last_progress = time.monotonic()
 
     async def _give_back(self, msg: Msg) -> None:
-        if self._pausing:
-            with contextlib.suppress(Exception):
-                await msg.nak()
+        # Redelivered at once and before anything new (a child's later events wait behind it).
+        with contextlib.suppress(Exception):
+            await msg.nak()

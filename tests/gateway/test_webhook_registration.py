@@ -144,12 +144,13 @@ async def test_a_system_registers_unregisters_and_registers_again_without_loss(b
             assert stopped.json()["source"] == "unregistered" and stopped.json()["delivering"] is False
             await refer_some(4)
             await asyncio.sleep(1.5)
-            assert receiver.ids() == sent[:3], "nothing delivered while unregistered"
+            assert sorted(receiver.ids()) == sorted(sent[:3]), "nothing delivered while unregistered"
 
             again = await client.put(base, json={"url": receiver.url}, headers=auth)
             assert again.json()["secret"] == secret, "registering again keeps the secret"
             await wait_for(lambda: len(receiver.ids()) >= 7, within=20)
-            assert receiver.ids() == sent, "the missed ones arrive, in order, none lost"
+            # One child each: delivered concurrently, so in no promised order across children.
+            assert sorted(receiver.ids()) == sorted(sent), "the missed ones arrive, none lost"
 
         # The service restarts: the registration is the bus's, so deliveries resume by themselves.
         await refer_some(2)
@@ -164,7 +165,7 @@ async def test_a_system_registers_unregisters_and_registers_again_without_loss(b
             receiver.secret = rotated["secret"]
             await refer_some(1)
             await wait_for(lambda: len(receiver.ids()) >= 10, within=20)
-        assert receiver.ids() == sent
+        assert sorted(receiver.ids()) == sorted(sent)
         assert all(r["valid"] for r in receiver.received), "every delivery signed with the secret then current"
         seqs = [r["seq"] for r in receiver.received]
         assert seqs == sorted(seqs)
