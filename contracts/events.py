@@ -121,7 +121,9 @@ class ReferralFailed(ReferralEvent, frozen=True, kw_only=True, tag="referral.fai
 
 
 class ReferralCancelled(ReferralEvent, frozen=True, kw_only=True, tag="referral.cancelled"):
-    """Either side may cancel; `from_sector` and `actor` say who did."""
+    """Either side may cancel; `from_sector` and `actor` say who did. A consent withdrawal cancels the
+    open referrals that relied on it (reason `consent_withdrawn`, `causation_id` the withdrawal): stated
+    by the sector that recorded it, party or not, once to each party, in the withdrawal's own append."""
 
     reason: CancelReason
 
@@ -175,6 +177,9 @@ class ConsentRecorded(Event, frozen=True, kw_only=True, tag="case.consent-record
 
 
 class ConsentWithdrawn(Event, frozen=True, kw_only=True, tag="case.consent-withdrawn"):
+    """Stored together with a `referral.cancelled` (consent_withdrawn) to each party of every open
+    referral that relied on this consent: guardian_consent, sent to one of `sectors`."""
+
     withdrawn_by: Guardian
     sectors: Sectors
 
