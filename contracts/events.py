@@ -138,7 +138,8 @@ class ReferralEnteredInError(ReferralEvent, frozen=True, kw_only=True, tag="refe
 class ReferralOverdue(ReferralEvent, frozen=True, kw_only=True, tag="referral.overdue"):
     """A follow-up deadline passed: a reminder in the receiver's inbox, written as a note of the
     receiver's own system to itself (from and to the receiver: `refbus.ev.<child>.<r>.<r>`, subjects
-    no other event uses, so the deadline service's permission reaches nothing else). Once per
+    no other event uses but a consent withdrawal's cancellation to its recorder, legal only in the
+    withdrawal's own append: the deadline service's permission reaches nothing else). Once per
     deadline and referral; no status change."""
 
     deadline: Deadline

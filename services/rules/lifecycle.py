@@ -170,8 +170,8 @@ def _check_move(event: ReferralEvent, referral: Referral) -> None:
 
 def _check_notice(event: ReferralOverdue | ReferralEscalated, referral: Referral) -> None:
     """A deadline notice is a note a sector's system writes to itself, on the subjects no other event
-    uses (`refbus.ev.<child>.<s>.<s>`): the reminder in the receiver's inbox, the escalation in the
-    referrer's. Legal only while the deadline is pending, once its time has come, and once per
+    uses (`refbus.ev.<child>.<s>.<s>`; but see `_check_owed`): the reminder in the receiver's inbox, the
+    escalation in the referrer's. Legal only while the deadline is pending, once its time has come, and once per
     deadline (by state: a second notice with another id is refused too)."""
     tag = type(event).__struct_config__.tag
     party = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer
