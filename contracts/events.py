@@ -121,7 +121,9 @@ class ReferralFailed(ReferralEvent, frozen=True, kw_only=True, tag="referral.fai
 
 
 class ReferralCancelled(ReferralEvent, frozen=True, kw_only=True, tag="referral.cancelled"):
-    """Either side may cancel; `from_sector` and `actor` say who did."""
+    """Either side may cancel; `from_sector` and `actor` say who did. A consent withdrawal cancels the
+    open referrals that relied on it (reason `consent_withdrawn`, `causation_id` the withdrawal): stated
+    by the sector that recorded it, party or not, once to each party, in the withdrawal's own append."""
 
     reason: CancelReason
 
@@ -136,7 +138,8 @@ class ReferralEnteredInError(ReferralEvent, frozen=True, kw_only=True, tag="refe
 class ReferralOverdue(ReferralEvent, frozen=True, kw_only=True, tag="referral.overdue"):
     """A follow-up deadline passed: a reminder in the receiver's inbox, written as a note of the
     receiver's own system to itself (from and to the receiver: `refbus.ev.<child>.<r>.<r>`, subjects
-    no other event uses, so the deadline service's permission reaches nothing else). Once per
+    no other event uses but a consent withdrawal's cancellation to its recorder, legal only in the
+    withdrawal's own append: the deadline service's permission reaches nothing else). Once per
     deadline and referral; no status change."""
 
     deadline: Deadline
@@ -175,6 +178,9 @@ class ConsentRecorded(Event, frozen=True, kw_only=True, tag="case.consent-record
 
 
 class ConsentWithdrawn(Event, frozen=True, kw_only=True, tag="case.consent-withdrawn"):
+    """Stored together with a `referral.cancelled` (consent_withdrawn) to each party of every open
+    referral that relied on this consent: guardian_consent, sent to one of `sectors`."""
+
     withdrawn_by: Guardian
     sectors: Sectors
 

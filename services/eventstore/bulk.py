@@ -7,10 +7,11 @@ one it knows is read once. A refusal judged on a stale state is retried from a f
 """
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from refbus.contracts.events import Event
+from refbus.contracts.events import ConsentWithdrawn, Event, ReferralCancelled
+from refbus.contracts.vocabulary import CancelReason
 from refbus.services.eventstore.records import EventIdTaken
 from refbus.services.eventstore.store import EventStore
 from refbus.services.rules import lifecycle
@@ -56,13 +57,34 @@ class BulkWriter:
         async def write_child(child: str, todo: list[Event]) -> None:
             async with gate:
                 state = self._states.pop(child, None)
-                for start in range(0, len(todo), SLICE):
-                    state = await _write_slice(self.store, child, todo[start : start + SLICE], state, report)
+                for part in slices(todo):
+                    state = await _write_slice(self.store, child, part, state, report)
                 if state is not None:
                     self._states[child] = state
 
         await asyncio.gather(*(write_child(child, todo) for child, todo in per_child.items()))
         return report
+
+
+def slices(todo: list[Event], size: int = SLICE) -> Iterator[list[Event]]:
+    """One child's events `size` at a time, a consent withdrawal never apart from the cancellations
+    that follow it: the rules want them in its own append (services/rules/lifecycle.py)."""
+    start = 0
+    while start < len(todo):
+        end = min(start + size, len(todo))
+        withdrawals = {e.event_id for e in todo[start:end] if isinstance(e, ConsentWithdrawn)}
+        while end < len(todo) and withdrawals and _caused_by(todo[end], withdrawals):
+            end += 1
+        yield todo[start:end]
+        start = end
+
+
+def _caused_by(event: Event, withdrawals: set[object]) -> bool:
+    return (
+        isinstance(event, ReferralCancelled)
+        and event.reason is CancelReason.CONSENT_WITHDRAWN
+        and event.causation_id in withdrawals
+    )
 
 
 async def write_all(store: EventStore, events: Iterable[Event]) -> WriteReport:

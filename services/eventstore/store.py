@@ -74,6 +74,7 @@ class EventStore(ABC):
                 lifecycle.check(state, event)
                 apply(state, event)  # tentatively: the next event is checked against it
                 events.append(event)
+            lifecycle.check_append(state, events)  # a consent withdrawal cancels what relied on it, here
             if not events:
                 return Transacted([], state, duplicates)
             try:
@@ -122,6 +123,8 @@ class EventStore(ABC):
                 lifecycle.check(state, event)
                 apply(state, event)
                 decided[event.child].append(event)
+            for child, events in decided.items():
+                lifecycle.check_append(states[child], events)
             parts = [(child, events) for child, events in decided.items() if events]
             if not parts:
                 return [Transacted([], states[child], duplicates[child]) for child in children]

@@ -41,6 +41,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.eventstore.records import ConcurrencyConflict, EventIdTaken, LogFull
 from refbus.services.eventstore.store import EventStore
+from refbus.services.rules.decisions import consent_withdrawal
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.rules.state import ChildState
 
@@ -153,6 +154,8 @@ class Gateway:
             if event_id in state.event_ids:
                 raise _AlreadyStored(event_id)
             built.append(self.event_for(command, event_id, state))
+            if isinstance(built[0], ConsentWithdrawn):  # with the cancellations of what relied on it
+                return consent_withdrawal(self.id_key, state, built[0])
             return list(built)
 
         # The store's kept state, or a guess that the child is new: either may be behind the log,

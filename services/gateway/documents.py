@@ -41,6 +41,9 @@ def _commands() -> dict[str, Any]:
     for kind, event in case_events.items():
         table[kind] = {"event": event, "who": "any sector, about its own work", "from_status": None}
     table["open-case"]["rule"] = "a sector may have one case open per child"
+    table["withdraw-consent"]["rule"] = (
+        "stored with the cancellations of what relied on the consent (consent.withdrawal_cancels)"
+    )
     table["refer"] = {
         "event": "referral.requested",
         "who": "any sector, to another sector",
@@ -63,6 +66,9 @@ def _commands() -> dict[str, Any]:
         if only is not None:
             allowed = [only.value]
         table[kind] = {"event": _tag(event_type), "who": who, "from_status": allowed}
+    table["cancel"]["rule"] = (
+        "and, in a consent withdrawal's own append, the sector recording it (consent.withdrawal_cancels)"
+    )
     return table
 
 
@@ -83,6 +89,17 @@ def lifecycle() -> dict[str, Any]:
             "legal_bases_needing_consent": [LegalBasis.GUARDIAN_CONSENT.value],
             "legal_bases_without_consent": [b.value for b in LegalBasis if b is not LegalBasis.GUARDIAN_CONSENT],
             "consent_must_name": "the referral's to_sector (record-consent with it in `sectors`, not withdrawn since)",
+            "withdrawal_cancels": {
+                "which": "every open referral of the child with legal_basis guardian_consent whose to_sector the "
+                "withdrawal names (referrals from those sectors rely on their own receivers' consent)",
+                "event": "referral.cancelled, reason consent_withdrawn, causation_id = the withdrawal's event_id",
+                "from_sector": "the sector recording the withdrawal, a party of the referral or not",
+                "to_sector": "one to the receiver and one to the referrer (the recorder's own copy is a note to "
+                "itself), so that both inboxes hold it",
+                "when": "in the withdrawal's own atomic append, after it; a withdrawal without them is refused, and "
+                "meanwhile the referral takes no other event",
+                "how": "the withdraw-consent command adds them; a system publishing to the log itself must too",
+            },
         },
         "service_catalogue": {s.value: list(services) for s, services in SERVICE_CATALOGUE.items()},
         "child_reference_links": {

@@ -30,6 +30,7 @@ class CommandResponder:
         self._subscription = await self.nc.subscribe(
             subjects.command_filter(sector), queue=f"gateway-{sector.value}", cb=self._on_request
         )
+        await self.nc.flush()  # the server has the subscription: a request right after start finds a responder
 
     async def stop(self) -> None:
         if self._subscription is not None:

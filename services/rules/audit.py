@@ -87,6 +87,17 @@ class Auditor:
 
     def finish(self) -> AuditReport:
         for state in self.report.states.values():
+            for referral_id, owed in state.owed_cancels.items():
+                # Per event, a withdrawal cannot be judged: what it owes must follow in its own append.
+                self.report.findings.append(
+                    Finding(
+                        "illegal",
+                        state.last_seq,
+                        f"consent withdrawn (event {owed.withdrawal.event_id}) but referral {referral_id} relies on "
+                        "it and must be cancelled in the same append: its cancellations are missing",
+                        state.child,
+                    )
+                )
             for referral in state.referrals.values():
                 overdue = passed(referral, self.deadlines, self.now)
                 if overdue:

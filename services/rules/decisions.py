@@ -12,10 +12,17 @@ from datetime import datetime
 from hashlib import blake2b
 from uuid import UUID
 
-from refbus.contracts.events import ReferralEvent, ReferralReceived, ReferralRequested
-from refbus.contracts.vocabulary import LegalBasis, Sector
+from refbus.contracts.events import (
+    ConsentWithdrawn,
+    Event,
+    ReferralCancelled,
+    ReferralEvent,
+    ReferralReceived,
+    ReferralRequested,
+)
+from refbus.contracts.vocabulary import CancelReason, LegalBasis, Sector
 from refbus.services.rules.policy import OnwardReferral, Step
-from refbus.services.rules.state import Referral
+from refbus.services.rules.state import ChildState, Referral
 
 
 def worker_for(sector: Sector, referral_id: UUID, team_size: int = 12) -> str:
@@ -73,4 +80,39 @@ def onward_request(
         service=onward.service,
         urgency=onward.urgency,
         legal_basis=LegalBasis.CHILD_PROTECTION_DUTY,
+    )
+
+
+def consent_withdrawal(key: bytes, state: ChildState, withdrawal: ConsentWithdrawn) -> list[Event]:
+    """The withdrawal and what it ends, to append together: every open referral of the child that
+    relied on the withdrawn consent (guardian consent, sent to a withdrawn sector) is cancelled with
+    reason consent_withdrawn, once to its receiver and once to its referrer, so that each party's inbox
+    holds it (the recording sector's own copy is a note to itself). Stated by the recording sector,
+    party or not, as caused by the withdrawal; ids derived from it, so a retry stores nothing twice.
+    Cancellations this sector still owes for an earlier withdrawal it published alone go too.
+    `state`: the child before the withdrawal (services/rules/lifecycle.py `check_append` requires it)."""
+    events: list[Event] = [withdrawal]
+    for referral in state.referrals.values():
+        if referral.relies_on_consent_for(withdrawal.sectors) and referral.referral_id not in state.owed_cancels:
+            events.extend(_cancellation(key, referral, withdrawal, p) for p in (referral.receiver, referral.referrer))
+    for referral_id, owed in state.owed_cancels.items():
+        if owed.withdrawal.from_sector == withdrawal.from_sector:
+            referral = state.referrals[referral_id]
+            parties = [p for p in (referral.receiver, referral.referrer) if p in owed.parties]
+            events.extend(_cancellation(key, referral, owed.withdrawal, p) for p in parties)
+    return events
+
+
+def _cancellation(key: bytes, referral: Referral, withdrawal: ConsentWithdrawn, party: Sector) -> ReferralCancelled:
+    return ReferralCancelled(
+        event_id=derived_id(key, referral.referral_id, f"consent-withdrawn:{withdrawal.event_id}:{party.value}"),
+        child=withdrawal.child,
+        from_sector=withdrawal.from_sector,
+        to_sector=party,
+        occurred_at=withdrawal.occurred_at,
+        actor=withdrawal.actor,
+        correlation_id=referral.correlation_id,
+        causation_id=withdrawal.event_id,
+        referral_id=referral.referral_id,
+        reason=CancelReason.CONSENT_WITHDRAWN,
     )

@@ -5,6 +5,8 @@ audit for what a raw writer slipped in): an illegal event is refused with a name
 stored. The transitions follow FHIR Task.status (docs/decisions/0009-fhir-lifecycle.md).
 """
 
+from collections.abc import Sequence
+
 from refbus.contracts.events import (
     BasicServiceDelivered,
     CaseOpened,
@@ -30,7 +32,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Deadline, LegalBasis, Status
 from refbus.services.rules import child_links
 from refbus.services.rules.deadlines import is_pending
-from refbus.services.rules.state import ChildState, Referral
+from refbus.services.rules.state import ChildState, Referral, is_owed_cancel
 
 
 class IllegalEvent(Exception):
@@ -76,6 +78,9 @@ def check(state: ChildState, event: Event) -> None:
             referral = state.referrals.get(event.referral_id)
             if referral is None:
                 raise IllegalEvent(event, "no such referral for this child")
+            if event.referral_id in state.owed_cancels:
+                _check_owed(state, event)
+                return
             _check_addressing(event, referral)
             _check_move(event, referral)
         case CaseOpened():
@@ -89,6 +94,38 @@ def check(state: ChildState, event: Event) -> None:
             pass
     if not isinstance(event, ReferralEvent) and event.to_sector is not None:
         raise IllegalEvent(event, "case events are addressed to no sector")
+
+
+def check_append(state: ChildState, events: Sequence[Event]) -> None:
+    """Raise IllegalEvent if an append (`events`, already applied to `state`) records a consent
+    withdrawal and leaves a referral that relied on that consent open or a party of it untold: the
+    cancellations go in the withdrawal's own atomic append, so that nothing can be decided on the
+    referral in between and no crash can leave half (docs/decisions/0019-consent-withdrawal-cancels.md)."""
+    if not state.owed_cancels:
+        return
+    withdrawals = {e.event_id: e for e in events if isinstance(e, ConsentWithdrawn)}
+    for referral_id, owed in state.owed_cancels.items():
+        if owed.withdrawal.event_id in withdrawals:
+            parties = ", ".join(sorted(p.value for p in owed.parties))
+            raise IllegalEvent(
+                owed.withdrawal,
+                f"consent withdrawn: referral {referral_id} relies on it and must be cancelled in the same append "
+                f"(reason consent_withdrawn, to {parties})",
+            )
+
+
+def _check_owed(state: ChildState, event: ReferralEvent) -> None:
+    """A referral whose consent was withdrawn takes only the withdrawal's cancellations, one to each
+    party, by the sector that recorded it (a party or not): nothing can be decided on it meanwhile.
+    (Deadline notices are no decision: `check` takes them before this.)"""
+    if is_owed_cancel(state, event):
+        return
+    recorder = state.owed_cancels[event.referral_id].withdrawal.from_sector.value
+    raise IllegalEvent(
+        event,
+        f"consent withdrawn: the referral takes only its consent_withdrawn cancellations, stated by {recorder} "
+        "as caused by the withdrawal, one to each party",
+    )
 
 
 def _check_request(state: ChildState, event: ReferralRequested) -> None:
@@ -133,8 +170,8 @@ def _check_move(event: ReferralEvent, referral: Referral) -> None:
 
 def _check_notice(event: ReferralOverdue | ReferralEscalated, referral: Referral) -> None:
     """A deadline notice is a note a sector's system writes to itself, on the subjects no other event
-    uses (`refbus.ev.<child>.<s>.<s>`): the reminder in the receiver's inbox, the escalation in the
-    referrer's. Legal only while the deadline is pending, once its time has come, and once per
+    uses (`refbus.ev.<child>.<s>.<s>`; but see `_check_owed`): the reminder in the receiver's inbox, the
+    escalation in the referrer's. Legal only while the deadline is pending, once its time has come, and once per
     deadline (by state: a second notice with another id is refused too)."""
     tag = type(event).__struct_config__.tag
     party = referral.receiver if isinstance(event, ReferralOverdue) else referral.referrer

@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 from refbus.contracts.events import (
@@ -13,6 +14,7 @@ from refbus.contracts.events import (
     ConsentRecorded,
     ConsentWithdrawn,
     Event,
+    ReferralCancelled,
     ReferralEscalated,
     ReferralEvent,
     ReferralOverdue,
@@ -20,7 +22,16 @@ from refbus.contracts.events import (
     ReferralRequested,
     VulnerabilityIdentified,
 )
-from refbus.contracts.vocabulary import TERMINAL_STATUSES, Deadline, Dimension, Sector, Status, Urgency
+from refbus.contracts.vocabulary import (
+    TERMINAL_STATUSES,
+    CancelReason,
+    Deadline,
+    Dimension,
+    LegalBasis,
+    Sector,
+    Status,
+    Urgency,
+)
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Referral:
     dimension: Dimension
     requested_at: datetime
     correlation_id: UUID
+    legal_basis: LegalBasis
     urgency: Urgency = Urgency.ROUTINE
     respond_by: datetime | None = None
     request_event_id: UUID | None = None
@@ -56,11 +68,38 @@ class Referral:
     def counterpart(self, sector: Sector) -> Sector:
         return self.receiver if sector == self.referrer else self.referrer
 
+    def relies_on_consent_for(self, sectors: Iterable[Sector]) -> bool:
+        """Open, lawful only by the guardian's consent, and sent to one of `sectors`: a consent names
+        the sectors that may receive the child's referrals, so a referral relies on its receiver's."""
+        return self.is_open and self.legal_basis is LegalBasis.GUARDIAN_CONSENT and self.receiver in sectors
+
     def copy(self) -> "Referral":
         copied = object.__new__(Referral)
         copied.__dict__.update(self.__dict__)
         copied.steps, copied.reminded, copied.escalated = dict(self.steps), dict(self.reminded), dict(self.escalated)
         return copied
+
+
+class OwedCancels(NamedTuple):
+    """What a consent withdrawal still owes one referral: a cancellation to each of `parties`."""
+
+    withdrawal: ConsentWithdrawn
+    parties: frozenset[Sector]
+
+
+def is_owed_cancel(state: "ChildState", event: Event) -> bool:
+    """`event` is one of the cancellations a withdrawal owes: reason consent_withdrawn, stated by the
+    sector that recorded the withdrawal, naming it as the cause, to a party not yet told."""
+    if not isinstance(event, ReferralCancelled):
+        return False
+    owed = state.owed_cancels.get(event.referral_id)
+    return (
+        owed is not None
+        and event.reason is CancelReason.CONSENT_WITHDRAWN
+        and event.from_sector == owed.withdrawal.from_sector
+        and event.causation_id == owed.withdrawal.event_id
+        and event.to_sector in owed.parties
+    )
 
 
 @dataclass
@@ -74,6 +113,9 @@ class ChildState:
     consent: set[Sector] = field(default_factory=set)
     "Sectors the guardian currently consents may receive referrals."
     referrals: dict[UUID, Referral] = field(default_factory=dict)
+    owed_cancels: dict[UUID, OwedCancels] = field(default_factory=dict)
+    """Referrals a consent withdrawal cancels, with the parties not yet told: stated in the withdrawal's
+    own append (services/rules/lifecycle.py; docs/decisions/0019-consent-withdrawal-cancels.md)."""
     linked_to: str | None = None
     "The reference this one continues as (child.reference-linked from it), if any."
     linked_from: list[str] = field(default_factory=list)
@@ -101,6 +143,7 @@ class ChildState:
         copied.vulnerabilities = set(self.vulnerabilities)
         copied.consent = set(self.consent)
         copied.referrals = {rid: r.copy() for rid, r in self.referrals.items()}
+        copied.owed_cancels = dict(self.owed_cancels)  # its values are immutable
         copied.illegal = dict(self.illegal)
         return copied
 
@@ -123,6 +166,7 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
                 requested_at=event.occurred_at,
                 updated_at=event.occurred_at,
                 correlation_id=event.correlation_id,
+                legal_basis=event.legal_basis,
                 urgency=event.urgency,
                 respond_by=event.respond_by,
                 request_event_id=event.event_id,
@@ -139,6 +183,8 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
                 elif isinstance(event, ReferralEscalated):
                     referral.escalated[event.deadline] = event.due_at
                 return state
+            if state.owed_cancels and is_owed_cancel(state, event):
+                _told(state, event)  # type: ignore[arg-type]
             referral.updated_at = event.occurred_at
             if isinstance(event, ReferralReceived):
                 referral.received_at = event.occurred_at
@@ -156,6 +202,10 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
             state.consent.update(event.sectors)
         case ConsentWithdrawn():
             state.consent.difference_update(event.sectors)
+            for referral in state.referrals.values():
+                if referral.relies_on_consent_for(event.sectors) and referral.referral_id not in state.owed_cancels:
+                    parties = frozenset((referral.referrer, referral.receiver))
+                    state.owed_cancels[referral.referral_id] = OwedCancels(event, parties)
         case ChildReferenceLinked():
             if event.child == event.linked_from:
                 state.linked_to = event.linked_to
@@ -166,6 +216,15 @@ def apply(state: ChildState, event: Event, seq: int = 0) -> ChildState:
         tag = type(event).__struct_config__.tag
         steps[tag] = steps.get(tag, 0) + 1
     return state
+
+
+def _told(state: ChildState, cancel: ReferralCancelled) -> None:
+    owed = state.owed_cancels[cancel.referral_id]
+    rest = owed.parties - {cancel.to_sector}
+    if rest:
+        state.owed_cancels[cancel.referral_id] = OwedCancels(owed.withdrawal, rest)
+    else:
+        del state.owed_cancels[cancel.referral_id]
 
 
 def fold(child: str, events: Iterable[tuple[int, Event]]) -> ChildState:

@@ -66,6 +66,8 @@ REFUSAL_RULES: tuple[tuple[str, str], ...] = (
     ("a referral goes to another sector", "referral_to_self"),
     ("offers no service", "unknown_service"),
     ("no consent on record", "no_consent"),
+    ("must be cancelled in the same append", "consent_cancel_missing"),
+    ("takes only its consent_withdrawn cancellations", "consent_withdrawn_referral"),
     ("only the receiving sector", "not_the_receiver"),
     ("is not a party to this referral", "not_a_party"),
     ("must be addressed to the other party", "wrong_addressee"),

@@ -9,7 +9,7 @@ import pytest
 
 from refbus.contracts import commands as c
 from refbus.contracts import documents
-from refbus.contracts.vocabulary import Dimension, Sector, Status
+from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Status
 from refbus.services.gateway.core import Gateway, _Refused
 from refbus.services.rules.lifecycle import IllegalEvent, check
 from refbus.services.rules.state import ChildState, Referral
@@ -28,6 +28,7 @@ def allowed(kind: str, status: Status, by: Sector) -> bool:
     state.referrals[rid] = Referral(
         referral_id=rid, referrer=Sector.SOCIAL, receiver=Sector.HEALTH, service="vaccination",
         dimension=Dimension.HEALTH, requested_at=datetime.now(UTC), correlation_id=uuid.uuid4(), status=status,
+        legal_basis=LegalBasis.CHILD_PROTECTION_DUTY,
     )
     command_type = REFERRAL_COMMANDS[kind]
     extra = {f: v[command_type] for f, v in FIELDS.items() if command_type in v}
@@ -53,6 +54,7 @@ def test_the_file_allows_what_the_gateway_allows(kind: str) -> None:
 def test_the_file_answers_a_clients_questions() -> None:
     assert TABLE["referral_needs_open_case"] is False
     assert TABLE["consent"]["legal_bases_needing_consent"] == ["guardian_consent"]
+    assert "consent_withdrawn" in TABLE["consent"]["withdrawal_cancels"]["event"]
     assert TABLE["service_catalogue"]["health"][0] == "family_doctor_registration"
     for question in ("times", "correlation_id", "inbox_consumer", "newest_sequence_of_a_child", "headers",
                      "retried_publish"):

@@ -322,8 +322,8 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
     "deadlines": {
-        **{("pub", f"refbus.ev.*.{s}.{s}"): f"state deadline notices as {s} to itself; no other event is on "
-           "these subjects (the lifecycle refuses any other from==to event)" for s in Sector},
+        **{("pub", f"refbus.ev.*.{s}.{s}"): f"state deadline notices as {s} to itself; the lifecycle refuses any "
+           "other from==to event but a consent withdrawal's note to its recorder (decision 0018)" for s in Sector},
         ("pub", "$JS.API.STREAM.INFO.REFBUS"): "the log's end (catching up) and a child's event count",
         ("pub", "$JS.API.DIRECT.GET.REFBUS"): "check a sequence gap while reading (it reads the whole log anyway)",
         ("pub", "$JS.API.DIRECT.GET.REFBUS_CHILDREN"): "read a child's history before appending a notice",
