@@ -16,29 +16,23 @@ import json
 import os
 import platform
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 import metrics_cost  # bench/metrics_cost.py: the script's folder is on sys.path
-import msgspec
 import nats
 from audit import measure as audit_measure  # bench/audit.py
+from e2e import LATENCY_RATE, LATENCY_SECONDS, end_to_end  # bench/e2e.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
-from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from webhook_sink import WebhookSink  # bench/webhook_sink.py
+from processes import PagerProcess, ServerGC, ms, server_settled  # bench/processes.py
 
 from refbus.contracts import codec, subjects
-from refbus.contracts.events import Event, ReferralAccepted, ReferralReceived, ReferralRequested
-from refbus.contracts.vocabulary import Dimension, LegalBasis, Sector, Urgency
+from refbus.contracts.events import Event
 from refbus.registry import PILOT_EVENTS, import_jsonl, pilot_events, write_jsonl
 from refbus.services.audit import keys
 from refbus.services.eventstore import streams
@@ -47,7 +41,7 @@ from refbus.services.eventstore.jetstream import new_batch_id
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import pager_checkpoint
 from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import DEFAULT_CONFIG, EmbeddedNats, free_port
+from refbus.services.runtime.embedded import DEFAULT_CONFIG, EmbeddedNats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW_STREAM = "BENCHRAW"
@@ -56,23 +50,11 @@ APPEND_SEEDS = (3, 6, 7)  # one round of appends each: raw atomic batches, then 
 HISTORY_SIZES = (10_000, 100_000, 1_000_000)
 HISTORY_SAMPLES = 400
 REPLAY_TRIALS = 3
-LATENCY_RATE = 500  # referrals offered per second
-LATENCY_SECONDS = 20
 # Where the cost of metrics and deadlines is measured: a rate 2 cores keep up with, so that a p99
 # difference is latency, not queueing (bench/metrics_cost.py).
 COST_RATE = 150
 SWEEP_RATES = (100, 250)
 SWEEP_SECONDS = 10
-SIM_SPEED = 1000  # the simulated sectors decide in about a millisecond: we time the bus, not the humans
-
-
-def ms(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
-
-    return {"p50": at(0.50), "p99": at(0.99), "p99.9": at(0.999), "n": len(ordered)}
 
 
 # -- the raw ceiling ------------------------------------------------------------------------------
@@ -185,22 +167,6 @@ async def pages_complete(eventlog: JetStreamEventStore, children: list[str]) -> 
     return f"{len(set(children))} children: pages hold every event"
 
 
-def start_pager(url: str) -> subprocess.Popen[bytes]:
-    """The history pager as in production: its own process, at lower CPU priority (`refbus service pager`)."""
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "refbus.cli", "service", "pager"], env=env, stdout=subprocess.DEVNULL
-    )
-
-
-def start_deadlines(url: str) -> subprocess.Popen[bytes]:
-    """The deadline service as in production: its own process (`refbus service deadlines`)."""
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "refbus.cli", "service", "deadlines"], env=env, stdout=subprocess.DEVNULL
-    )
-
-
 def sample_children(events: list[Event], count: int, seed: int, by_activity: bool) -> list[str]:
     """Children drawn uniformly (a typical child), or weighted by their number of events (the
     Zipf-heavy children, some with thousands of events, dominate)."""
@@ -236,131 +202,6 @@ async def child_histories(
     return results, collections
 
 
-# -- end to end, with the four sector services as processes -----------------------------------------
-
-
-async def gateway_answering(nc: nats.NATS, sector: Sector, within: float = 30.0) -> None:
-    """Wait until the sector's gateway answers commands (an empty one: refused, but answered)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            await nc.request(subjects.command_subject(sector, "refer"), b"{}", timeout=2)
-            return
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-def refer_command(to: Sector, service: str, rng: random.Random) -> bytes:
-    """A referral for a new child as a sector system sends it to its gateway (NATS request/reply)."""
-    return msgspec.json.encode({
-        "idempotency_key": f"{rng.getrandbits(64):016x}",
-        "child": f"c{rng.getrandbits(64):016x}",
-        "actor": "w0000be4c",
-        "to_sector": to.value,
-        "dimension": Dimension.HEALTH.value,
-        "service": service,
-        "urgency": Urgency.ROUTINE.value,
-        "legal_basis": LegalBasis.CHILD_PROTECTION_DUTY.value,
-    })
-
-
-def referral(to: Sector, service: str, rng: random.Random) -> ReferralRequested:
-    referral_id = uuid.UUID(int=rng.getrandbits(128), version=4)
-    return ReferralRequested(
-        event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-        child=f"c{rng.getrandbits(64):016x}",
-        from_sector=Sector.SOCIAL,
-        to_sector=to,
-        occurred_at=datetime.now(UTC),
-        actor="w0000be4c",
-        correlation_id=referral_id,
-        referral_id=referral_id,
-        dimension=Dimension.HEALTH,
-        service=service,
-        urgency=Urgency.ROUTINE,
-        legal_basis=LegalBasis.CHILD_PROTECTION_DUTY,
-    )
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-GC_CYCLE = re.compile(r"^gc \d+ @(?P<at>[\d.]+)s [^:]*: [\d.]+\+(?P<mark>[\d.]+)\+[\d.]+ ms clock")
-
-
-class ServerGC:
-    """The server's garbage collector, traced and forced. Traced: GODEBUG=gctrace=1 makes the
-    server write a line per collection to its log, so a result can say whether one overlapped a
-    timed pass. Forced: through the server's profiling port (on 127.0.0.1), so that a pass does
-    not start with the garbage of the bulk load before it. On 2 cores, the mark phase of the
-    server's ~600 MB heap at 1M events (250-450 ms) takes CPU from everything else: first reads
-    at 1M that it overlapped had p99 11-25 ms, against 3-5 ms in most runs it did not."""
-
-    def __init__(self, data_dir: Path, profile_port: int) -> None:
-        self.log = data_dir / "nats-server.log"
-        self.offset = self.log.stat().st_size if self.log.exists() else 0
-        self.profile_port = profile_port
-        self.started = time.perf_counter()
-
-    @classmethod
-    def server(cls, data_dir: Path) -> tuple[EmbeddedNats, "ServerGC"]:
-        """A server started with its collections traced (its start time taken just before)."""
-        port = free_port()
-        server = EmbeddedNats(data_dir, extra_args=("--profile", str(port)), env={"GODEBUG": "gctrace=1"})
-        traced = cls(data_dir, port)
-        return server.start(), traced
-
-    def collect(self) -> None:
-        """A full collection, now (the heap profile with gc=1 runs one before it answers)."""
-        url = f"http://127.0.0.1:{self.profile_port}/debug/pprof/heap?gc=1"
-        with urllib.request.urlopen(url, timeout=60) as reply:
-            reply.read()
-
-    def marks_ms(self, start: float, end: float) -> list[float]:
-        """The mark phase, in ms, of each collection that overlapped [start, end] (perf_counter)."""
-        with self.log.open("rb") as log_file:
-            log_file.seek(self.offset)
-            lines = log_file.read().decode(errors="replace").splitlines()
-        marks = []
-        for line in lines:
-            if (cycle := GC_CYCLE.match(line)) is not None:
-                began, mark_ms = self.started + float(cycle["at"]), float(cycle["mark"])
-                if began < end and began + mark_ms / 1000 > start:
-                    marks.append(mark_ms)
-        return marks
-
-
-async def server_settled(server: EmbeddedNats, server_gc: ServerGC, most_s: float = 5.0) -> float:
-    """Seconds until the server has collected its garbage and then used under a tenth of a core
-    for a quarter second (at most `most_s` for the second). Timed passes start on a settled
-    server: the server's own work after a bulk load or the pager's stop (up to two cores for a
-    quarter second, measured), and the collection that load has made due, would otherwise be timed
-    as the pass's. Waiting only makes first reads colder: the server drops a block it has not
-    touched for 10 s."""
-    assert server.process is not None
-    start = time.perf_counter()
-    await asyncio.to_thread(server_gc.collect)
-    waited_from = time.perf_counter()
-    while time.perf_counter() - waited_from < most_s:
-        before = cpu_seconds(server.process.pid)
-        await asyncio.sleep(0.25)
-        if cpu_seconds(server.process.pid) - before < 0.025:
-            break
-    return round(time.perf_counter() - start, 2)
-
-
 async def server_quiet(eventlog: JetStreamEventStore, server: EmbeddedNats, server_gc: ServerGC) -> float:
     """Seconds until the child index has copied the whole log and the server has settled."""
     start = time.perf_counter()
@@ -368,162 +209,6 @@ async def server_quiet(eventlog: JetStreamEventStore, server: EmbeddedNats, serv
     await server_settled(server, server_gc)
     return round(time.perf_counter() - start, 2)
 
-
-def stop_all(processes: list[subprocess.Popen[bytes]], wait: float = 10.0) -> None:
-    """SIGTERM to each, and `wait` seconds for all to exit. One still running then is killed and
-    named in the error raised once all are gone: a hang at shutdown is a defect to see, and it
-    must not leave the server and the other services running."""
-    for process in processes:
-        process.terminate()
-    deadline = time.monotonic() + wait
-    hung = []
-    for process in processes:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            hung.append(" ".join(map(str, process.args)))  # type: ignore[arg-type]
-    if hung:
-        raise RuntimeError(f"still running {wait} s after SIGTERM, killed: {hung}")
-
-
-class PagerProcess:
-    """The pager across the log measurements: stopped while appends are measured (like the sector
-    services it is a consumer, and the raw side has none), restarted after (it resumes from its
-    checkpoint), and stopped for good once it has paged the million events; its CPU time and peak
-    memory over its lives."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.process: subprocess.Popen[bytes] | None = None
-        self.cpu_s = 0.0
-        self.peak_rss_mb = 0.0
-
-    def start(self) -> None:
-        self.process = start_pager(self.url)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.cpu_s += cpu_seconds(self.process.pid)
-        self.peak_rss_mb = max(self.peak_rss_mb, peak_rss_mb(self.process.pid))
-        process, self.process = self.process, None
-        stop_all([process], wait=60)  # it pages what it holds and checkpoints on the way out
-
-
-def start_services(url: str, webhooks: WebhookSink | None = None) -> dict[Sector, subprocess.Popen[bytes]]:
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_SIM_SPEED": str(SIM_SPEED), "REFBUS_LOG_LEVEL": "WARNING"}
-    if webhooks is not None:  # each sector's system takes its deliveries by webhook
-        env.update({f"REFBUS_WEBHOOK_{s.value.upper()}": webhooks.url(s.value) for s in Sector})
-    return {
-        s: subprocess.Popen(
-            [sys.executable, "-m", "refbus.cli", "service", s.value],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for s in Sector
-    }
-
-
-async def end_to_end(
-    workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True,
-    webhooks: bool = True,
-) -> dict[str, object]:
-    """Referrals through the four services as deployed, each event addressed to a sector also
-    delivered to its system by webhook (`webhooks`), the deadline service following (`deadlines`)."""
-    server, server_gc = ServerGC.server(workdir)
-    services: dict[Sector, subprocess.Popen[bytes]] = {}
-    pager: subprocess.Popen[bytes] | None = None
-    tracker: subprocess.Popen[bytes] | None = None
-    sink = await WebhookSink().start() if webhooks else None
-    try:
-        nc = await connect(server.url, "bench-e2e")
-        await streams.provision(nc.jetstream())
-        services = start_services(server.url, sink)
-        pager = start_pager(server.url)
-        tracker = start_deadlines(server.url) if deadlines else None
-        await asyncio.sleep(3)  # let each service connect and bind its inbox
-        await gateway_answering(nc, Sector.SOCIAL)
-        eventlog = JetStreamEventStore(nc)
-        sectors = [s for s in Sector if s is not Sector.SOCIAL]
-        services_by_sector = {
-            Sector.HEALTH: "vaccination",
-            Sector.EDUCATION: "school_enrolment",
-            Sector.JUSTICE: "birth_registration",
-        }
-        total = rate * seconds
-        rng = random.Random(5)
-        sent: list[asyncio.Task[Msg]] = []
-        processes = {
-            "nats-server": server.process.pid,
-            **{s.value: p.pid for s, p in services.items()},
-            "pager": pager.pid,
-            **({"deadlines": tracker.pid} if tracker else {}),
-        }
-        cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-        cpu_before["generator"] = time.process_time()
-        start = time.perf_counter()
-        for i in range(total):
-            # Open loop: each referral leaves at its own time, whatever happened to the previous one.
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            to = sectors[i % 3]
-            # As the referring system sends it: a command to its sector's gateway (services/gateway).
-            command = refer_command(to, services_by_sector[to], rng)
-            sent.append(asyncio.create_task(nc.request(subjects.command_subject(Sector.SOCIAL, "refer"), command, 30)))
-        answers = [msgspec.json.decode(reply.data) for reply in await asyncio.gather(*sent)]
-        refused = [a for a in answers if a.get("status") != 201]
-        if refused:
-            raise RuntimeError(f"{len(refused)} referrals refused by the gateway, e.g. {refused[0]}")
-        offered = total / (time.perf_counter() - start)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            consumers = [f"inbox-{s.value}" for s in sectors]
-            consumers += [subjects.webhook_consumer(s) for s in Sector] if sink is not None else []
-            info = [await nc.jetstream().consumer_info(subjects.STREAM, name) for name in consumers]
-            if all(i.num_pending == 0 and i.num_ack_pending == 0 for i in info):
-                break
-            await asyncio.sleep(0.5)
-        busy = time.perf_counter() - start
-        collections = server_gc.marks_ms(start, start + busy)
-        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in processes.items()}
-        cpu["generator"] = time.process_time() - cpu_before["generator"]
-        requested: dict[object, datetime] = {}
-        received: list[float] = []
-        accepted: list[float] = []
-        async for stored in eventlog.replay():
-            event = stored.event
-            if isinstance(event, ReferralRequested):
-                requested[event.referral_id] = stored.stored_at
-            elif isinstance(event, ReferralReceived | ReferralAccepted):
-                delay = (stored.stored_at - requested[event.referral_id]).total_seconds()
-                (received if isinstance(event, ReferralReceived) else accepted).append(delay)
-        memory = {s.value: peak_rss_mb(p.pid) for s, p in services.items()}
-        memory["pager"] = peak_rss_mb(pager.pid)
-        if tracker:
-            memory["deadlines"] = peak_rss_mb(tracker.pid)
-        await nc.close()
-    finally:
-        try:
-            stop_all([*services.values(), *([pager] if pager else []), *([tracker] if tracker else [])], wait=60)
-        finally:
-            server.stop()  # also when a measurement fails: no orphaned processes
-            if sink is not None:
-                await sink.stop()
-    return {
-        "webhook_deliveries": sum(sink.deliveries.values()) if sink else None,
-        "offered_referrals_per_s": round(offered, 1),
-        "referrals": total,
-        "request_to_received_ms": ms(received),
-        "request_to_accepted_ms": ms(accepted),
-        "sim_speed": SIM_SPEED,
-        # CPU used from the first referral until every inbox was drained, as a share of one core.
-        "cpu_share_of_one_core": {name: round(used / busy, 2) for name, used in cpu.items()},
-        "drained_after_s": round(busy, 1),
-        "server_gc_marks_ms": collections,
-        "service_peak_rss_mb": memory,
-    }
 
 
 # -- the run ----------------------------------------------------------------------------------------
