@@ -52,3 +52,19 @@ def configure_logging(level: str | None = None, json: bool | None = None, file: 
     handler._refbus = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.INFO))
+
+
+class bound:
+    """Log context for a block, as structlog's `bound_contextvars` but without reading every bound
+    variable first: that copy of the context cost ~4% of a service's CPU, once per message."""
+
+    __slots__ = ("tokens", "values")
+
+    def __init__(self, **values: object) -> None:
+        self.values = values
+
+    def __enter__(self) -> None:
+        self.tokens = structlog.contextvars.bind_contextvars(**self.values)
+
+    def __exit__(self, *_exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self.tokens)

@@ -21,13 +21,14 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, ReferralEvent, ReferralRequested, event_type
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.audit import proof
+from refbus.services.eventstore import jetstream
 from refbus.services.eventstore.records import ConcurrencyConflict, DeadLetter, Delivered, EventIdTaken
 from refbus.services.eventstore.store import EventStore
 from refbus.services.rules.decisions import onward_request, receipt, step_event
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.rules.policy import SectorPolicy, Step
 from refbus.services.rules.state import ChildState, apply
-from refbus.services.runtime import metrics
+from refbus.services.runtime import logs, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ class SectorService:
 
     async def handle(self, raw: Msg) -> None:
         body = raw.data
-        seq = raw.metadata.sequence.stream
+        seq, delivered = jetstream.delivery(raw.reply)
         try:
             event = codec.decode_on(raw.subject, body)
         except codec.NewerSchemaVersion as exc:
@@ -98,13 +99,13 @@ class SectorService:
             await raw.ack()
             return
         lock = self._child_locks[event.child]
-        with structlog.contextvars.bound_contextvars(
+        with logs.bound(
             child=event.child, correlation_id=str(event.correlation_id), seq=seq, type=event_type(event)
         ):
             try:
                 async with lock:
                     wake_in = await self.react(
-                        event, seq, first_delivery=raw.metadata.num_delivered == 1,
+                        event, seq, first_delivery=delivered == 1,
                         link=proof.parse_link((raw.headers or {}).get(proof.CHAIN)), body=body,
                     )
             except IllegalEvent as exc:
@@ -117,7 +118,6 @@ class SectorService:
                 await raw.ack()
                 return
             except Exception as exc:
-                delivered = raw.metadata.num_delivered
                 log.warning("handling_failed", error=repr(exc), delivered=delivered)
                 metrics.handler_failed(self.sector)
                 if delivered >= MAX_DELIVER:

@@ -59,3 +59,17 @@ def test_headers_are_parsed_as_nats_py_parses_them() -> None:
         b"",
     ]:
         assert parse_header_lines(raw) == nats_py_parse_header_lines(raw), raw
+
+
+def test_the_delivery_read_off_an_ack_subject_is_what_nats_py_reads() -> None:
+    """`jetstream.delivery` (one split) against nats-py's Msg.metadata, both ack-subject layouts."""
+    from nats.aio.msg import Msg as NatsMsg
+
+    from refbus.services.eventstore import jetstream as js
+
+    for reply in (
+        "$JS.ACK.REFBUS.inbox-health.3.1234.77.1764312345000000000.5",
+        "$JS.ACK.hub.ACCHASH.REFBUS.inbox-health.3.1234.77.1764312345000000000.5.rand0m",
+    ):
+        metadata = NatsMsg(None, subject="s", reply=reply).metadata  # type: ignore[arg-type]
+        assert js.delivery(reply) == (metadata.sequence.stream, metadata.num_delivered)

@@ -129,6 +129,10 @@ class FakeMessage:
     def metadata(self) -> _Metadata:
         return _Metadata(self.seq)
 
+    @property
+    def reply(self) -> str:  # the ack subject: first delivery of log message `seq`
+        return f"$JS.ACK.REFBUS.inbox-health.1.{self.seq}.{self.seq}.1764312345000000000.0"
+
     async def ack(self) -> None:
         self.acked.append("ack")
 
