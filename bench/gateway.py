@@ -32,7 +32,7 @@ from refbus.contracts import subjects
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Sector
 from refbus.services.eventstore import streams
 from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import DEFAULT_CONFIG, EmbeddedNats, free_port, port_open
+from refbus.services.runtime.embedded import UNAUTHENTICATED_CONFIG, EmbeddedNats, free_port, port_open
 
 RATES = (250, 500, 1000, 1500, 2000, 3000)
 TARGET_P99_MS = 50.0
@@ -208,7 +208,7 @@ async def gateway_bench(workdir: Path, seconds: float = 5.0, rates: tuple[int, .
     tokens = {s: os.urandom(16).hex() for s in SECTORS}
     processes: list[Any] = []
     results: dict[str, Any] = {
-        "fsync": "always" if "sync_interval: always" in DEFAULT_CONFIG.read_text() else "server default",
+        "fsync": "always" if "sync_interval: always" in UNAUTHENTICATED_CONFIG.read_text() else "server default",
         "workload": "open loop; sessions of 6 commands (open-case, record-vulnerability, refer; accept, start, "
         "complete by the receiver), four sectors at once, each its own service process",
         "cores": os.cpu_count(),

@@ -41,7 +41,7 @@ from refbus.services.eventstore.jetstream import new_batch_id
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.pager.pager import pager_checkpoint
 from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import DEFAULT_CONFIG, EmbeddedNats
+from refbus.services.runtime.embedded import UNAUTHENTICATED_CONFIG, EmbeddedNats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RAW_STREAM = "BENCHRAW"
@@ -223,7 +223,7 @@ def environment(server_version: str) -> dict[str, object]:
         ),
         platform.processor(),
     )
-    fsync = "always" if "sync_interval: always" in DEFAULT_CONFIG.read_text() else "server default (2 min)"
+    fsync = "always" if "sync_interval: always" in UNAUTHENTICATED_CONFIG.read_text() else "server default (2 min)"
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform()},

@@ -110,7 +110,12 @@ async def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     ring = keys.ensure_dir(folder)
     if args.out is not None:
+        from refbus.services.runtime import identities
+
         written = keys.export(ring, args.out, settings.event_id_key().hex(), settings.child_ref_key().hex())
+        # Each service's NATS seed beside its keys; the servers get the public keys alone.
+        for folder, files in identities.export(settings.secrets / "nats", args.out).items():
+            written.setdefault(folder, []).extend(files)
         for service, files in written.items():
             print(f"{args.out / service}: {', '.join(files)}")
         print(f"provisioned from {folder}; mount each folder as its service's REFBUS_SECRETS_DIR "

@@ -190,7 +190,8 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
         url = record.url
     settings = replace(settings, nats_url=url)
     # Bounded, with one clear line, before the app's own connection (which then reconnects for ever).
-    probe = await connect(url, f"refbus-{args.sector}-probe", settings.connect_timeout, reconnect=False)
+    probe = await connect(url, f"refbus-{args.sector}-probe", settings.connect_timeout, reconnect=False,
+                          credentials=settings.nats_credentials(args.sector))
     try:
         await require_streams(probe, url)
         server_name = (probe._server_info or {}).get("server_name", "?")

@@ -87,7 +87,7 @@ async def _dead(settings: "Settings") -> "DeadLetters":
     from refbus.services.eventstore.deadletters import DeadLetters
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings) as bus:
+    async with open_bus(settings, identity="operator") as bus:
         return DeadLetters.of(await deadletters.read(bus.nc))
 
 
@@ -137,7 +137,7 @@ async def cmd_redrive(args: argparse.Namespace, settings: "Settings") -> int:
     from refbus.services.eventstore.deadletters import DeadLetters
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings) as bus:
+    async with open_bus(settings, identity="operator") as bus:
         dead = DeadLetters.of(await deadletters.read(bus.nc))
         if args.matching:
             chosen = select(dead, args)

@@ -130,7 +130,8 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
         event = msgspec.convert(msgspec.to_builtins(event), type(event))  # validates the field patterns
     except msgspec.ValidationError as exc:
         raise UserError(f"refused: {exc}") from None
-    async with open_bus(settings) as bus:
+    # As the referring sector itself: the server lets it write only events it sends.
+    async with open_bus(settings, identity=args.from_sector) as bus:
         try:
             stored = (await JetStreamEventStore(bus.nc).transact(event.child, lambda _state: [event])).stored
             seq = stored[0] if stored else None

@@ -145,7 +145,7 @@ async def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     health = dict(item.split("=", 1) for item in args.health if "=" in item)
     config = MonitorConfig(monitoring_url(args, settings, url), health, args.overdue_after)
-    nc = await connect(url, "refbus-monitor")
+    nc = await connect(url, "refbus-monitor", credentials=settings.nats_credentials("operator"))
     monitor = await Monitor(nc, config).start()
     try:
         if args.once:
@@ -195,7 +195,10 @@ async def cmd_exporter(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.runtime.bus import connect
 
     url = _nats_url(settings)
-    nc = await connect(url, "refbus-exporter") if _reachable(url) else None
+    nc = (
+        await connect(url, "refbus-exporter", credentials=settings.nats_credentials("operator"))
+        if _reachable(url) else None
+    )
     monitor_url = monitoring_url(args, settings, url)
 
     async def metrics_page() -> Response:

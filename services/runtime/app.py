@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
+from faststream.nats.security import NatsNKey
 from nats.aio.client import Client as NATS
 
-from refbus.services.runtime.bus import reply_prefix, safe_url
+from refbus.services.runtime.bus import connect_options, safe_url
 from refbus.services.runtime.health import serve_health
 from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings
@@ -46,13 +47,16 @@ def service_app(
     async def on_reconnected() -> None:
         log.info("nats_reconnected", url=shown)
 
+    # Its own identity: the seed of `name` (services/runtime/identities.py), its own reply prefix.
+    options = connect_options(settings.nats_url or "", settings.nats_credentials(name))
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{name}",
         logger=_faststream_logger(),
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        inbox_prefix=reply_prefix(settings.nats_url or ""),
+        inbox_prefix=options["inbox_prefix"],
+        security=NatsNKey.from_file(options["nkeys_seed"]) if "nkeys_seed" in options else None,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,

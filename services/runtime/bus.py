@@ -29,7 +29,9 @@ from nats.js.errors import NotFoundError
 from refbus.contracts import subjects
 from refbus.services.audit import keys
 from refbus.services.eventstore import streams
+from refbus.services.runtime import identities
 from refbus.services.runtime.embedded import (
+    DEFAULT_CONFIG,
     EmbeddedNats,
     Locked,
     ServerRecord,
@@ -41,6 +43,7 @@ from refbus.services.runtime.embedded import (
     remove_record,
     write_record,
 )
+from refbus.services.runtime.identities import Credentials, IdentityError
 from refbus.services.runtime.settings import DEFAULT_MONITOR_PORT, DEFAULT_PORT, Settings
 
 log = structlog.get_logger(__name__)
@@ -69,6 +72,18 @@ def reply_prefix(url: str) -> str:
     return f"_INBOX.{user}" if user else "_INBOX"
 
 
+def connect_options(url: str, credentials: Credentials | None) -> dict[str, str]:
+    """nats-py's options for connecting as `credentials` (its seed, its reply prefix), or as the URL
+    says when there is no seed. BusUnavailable names a seed file that holds no user seed."""
+    if credentials is None or credentials.seed_file is None:
+        return {"inbox_prefix": reply_prefix(url)}
+    try:
+        identities.public_key(credentials.seed_file)  # a bad seed is named here, not deep in nats-py
+    except IdentityError as exc:
+        raise BusUnavailable(f"cannot connect to {safe_url(url)} as {credentials.identity}: {exc}") from None
+    return credentials.connect_options()
+
+
 def safe_url(url: str) -> str:
     """The URL without a password, for messages and logs."""
     shown = []
@@ -86,7 +101,8 @@ def describe_error(exc: BaseException | None, timeout: float) -> str:
         return f"no answer within {timeout:g} s (timeout)"
     text = str(exc).lower()
     if isinstance(exc, AuthorizationError) or "authorization" in text or "authentication" in text:
-        return "authorization refused: wrong or missing credentials (nats://USER:PASSWORD@host:port)"
+        return ("authorization refused: wrong or missing credentials (the identity's nkey seed: "
+                "REFBUS_NATS_NKEY_SEED_FILE, else <secrets>/nats/<identity>.nk)")
     if isinstance(exc, ssl.SSLError) or "tls" in text or "ssl" in text:
         return f"TLS failed ({exc})"
     if isinstance(exc, ConnectionRefusedError) or "refused" in text:
@@ -112,10 +128,13 @@ async def connect(
     timeout: float = 5.0,  # noqa: ASYNC109  # the bound is the point: it ends in one clear line
     *,
     reconnect: bool = True,
+    credentials: Credentials | None = None,
 ) -> NATS:
     """Connect within `timeout` seconds or raise BusUnavailable naming the URL and the cause. Once
-    connected the client reconnects for ever (`reconnect`), logging each disconnection in one line."""
+    connected the client reconnects for ever (`reconnect`), logging each disconnection in one line.
+    `credentials`: the identity to connect as (its seed and reply prefix); None: as the URL says."""
     last_error: list[BaseException] = []
+    options = connect_options(url, credentials)
     connected = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
@@ -144,7 +163,7 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
-                inbox_prefix=reply_prefix(url),
+                **options,  # type: ignore[arg-type]
             ),
             timeout,
         )
@@ -184,8 +203,18 @@ def _owner() -> str:
     return "refbus " + " ".join(sys.argv[1:2]) if sys.argv[1:2] else "refbus"
 
 
-async def _attach(record: ServerRecord, settings: Settings, name: str) -> NATS:
-    nc = await connect(record.url, name, settings.connect_timeout)
+async def _attach(record: ServerRecord, settings: Settings, name: str, credentials: Credentials) -> NATS:
+    try:
+        nc = await connect(record.url, name, settings.connect_timeout, credentials=credentials)
+    except BusUnavailable as exc:
+        if "authorization" not in str(exc):
+            raise
+        # The data dir's own seeds are refused: the server there is not this data dir's.
+        raise BusUnavailable(
+            f"{settings.data_dir / 'server.json'} names a server at {record.url} that refuses this data dir's "
+            f"credentials (another data dir's server?): refusing to use it; stop that server or remove "
+            f"{settings.data_dir / 'server.json'}"
+        ) from None
     answered = (nc._server_info or {}).get("server_id")
     if answered != record.server_id:
         await nc.close()
@@ -204,12 +233,21 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
             raise BusUnavailable(f"port {given} ({variable}) is in use by another process: choose another, or unset "
                                  f"{variable} to take a free one")
     attempts = 1 if settings.port and settings.monitor_port else 3
+    # Authentication on: every identity's seed kept in the data dir, the server told their public keys.
+    folder = settings.secrets / "nats"
+    try:
+        public_keys = identities.load(folder) if settings.keys_provisioned else identities.ensure(folder)
+    except IdentityError as exc:
+        raise BusUnavailable(f"the embedded server on {data_dir} has no users: {exc}") from None
+    users = identities.server_env(public_keys)
     for attempt in range(attempts):
         server = EmbeddedNats(
             data_dir / "nats",
             port=settings.port or (preferred_port(DEFAULT_PORT) if attempt == 0 else None),
             monitor_port=settings.monitor_port or (preferred_port(DEFAULT_MONITOR_PORT) if attempt == 0 else None),
             server_name=embedded_server_name(data_dir),
+            config=DEFAULT_CONFIG,
+            env=users,
         )
         starting = asyncio.ensure_future(server.astart())
         try:
@@ -229,6 +267,20 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
     raise AssertionError("unreachable")
 
 
+async def _provision_as_admin(nc: NATS, url: str, settings: Settings, identity: str) -> None:
+    """The streams, created if missing by the admin: over `nc` when it is the admin's, else over a
+    connection of the admin's own for the length of it (the embedded server: its data dir holds the seeds)."""
+    admin = nc if identity == "admin" else await connect(
+        url, "refbus-provision", settings.connect_timeout, reconnect=False,
+        credentials=settings.nats_credentials("admin"),
+    )
+    try:
+        await streams.provision(admin.jetstream(), replicas=settings.replicas, wait=settings.connect_timeout + 10)
+    finally:
+        if admin is not nc:
+            await admin.close()
+
+
 @asynccontextmanager
 async def open_bus(
     settings: Settings,
@@ -237,17 +289,22 @@ async def open_bus(
     provision: bool = True,
     exclusive: bool = False,
     announce: bool = True,
+    identity: str = "admin",
 ) -> AsyncIterator[Bus]:
     """The bus of `settings`: its URL, else the data dir's running embedded server, else one started
-    on the data dir for as long as the block runs. `provision` creates missing streams (else their
-    absence raises BusUnavailable). `exclusive` (up, demo) refuses a server another live command
-    started. `announce` prints which server answered, one line on stderr."""
+    on the data dir for as long as the block runs, connected as `identity` (README "Identities and
+    TLS" says which command is whom). `provision` creates missing streams, as the admin: on a server
+    given by URL only a command that is the admin provisions, any other requires the streams.
+    `exclusive` (up, demo) refuses a server another live command started. `announce` prints which
+    server answered, one line on stderr."""
     server: EmbeddedNats | None = None
     record: ServerRecord | None = None
     data_dir = settings.data_dir
+    credentials = settings.nats_credentials(identity)
     if settings.nats_url:
         url = settings.nats_url
-        nc = await connect(url, name, settings.connect_timeout)
+        provision = provision and identity == "admin"
+        nc = await connect(url, name, settings.connect_timeout, credentials=credentials)
         server_name = (nc._server_info or {}).get("server_name", "?")
         description = f"using {safe_url(url)} (server {server_name})"
     else:
@@ -266,7 +323,7 @@ async def open_bus(
                         "with it: wait for it to end, then try again"
                     )
                 if record is not None:
-                    nc = await _attach(record, settings, name)
+                    nc = await _attach(record, settings, name, credentials)
                     adopted = not record.owner_alive()
                     if adopted:  # its starter died: this command owns it now and stops it at the end
                         record.owner_pid, record.owner = os.getpid(), _owner()
@@ -288,7 +345,8 @@ async def open_bus(
                     )
                     write_record(data_dir, record)
                     try:
-                        nc = await connect(server.url, name, settings.connect_timeout)
+                        nc = await connect(server.url, name, settings.connect_timeout,
+                                           credentials=settings.nats_credentials(identity))
                     except BaseException:
                         remove_record(data_dir, record.pid)
                         await server.astop()
@@ -305,7 +363,9 @@ async def open_bus(
     try:
         if provision:
             try:
-                await streams.provision(nc.jetstream(), replicas=settings.replicas, wait=settings.connect_timeout + 10)
+                await _provision_as_admin(nc, url, settings, identity)
+            except BusUnavailable:
+                raise
             except Exception as exc:
                 text = str(exc) or type(exc).__name__
                 raise BusUnavailable(f"cannot provision the streams at {safe_url(url)}: {text}") from None

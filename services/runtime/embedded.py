@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 # deploy/ ships as package data (refbus.deploy), so an installed refbus finds its configs too.
 DEPLOY_DIR = Path(refbus.deploy.__file__).parent
 DEFAULT_CONFIG = DEPLOY_DIR / "nats-server.conf"
+"The embedded default: the users of nats-permissions.conf, each an nkey (identities.server_env)."
+UNAUTHENTICATED_CONFIG = DEPLOY_DIR / "nats-base.conf"
+"The same server without users: for tests about something else and the benchmark's raw side."
 
 
 def server_binary() -> str:
@@ -57,14 +60,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class EmbeddedNats:
-    """One nats-server process with JetStream on `data_dir`, configured by deploy/nats-server.conf."""
+    """One nats-server process with JetStream on `data_dir`, configured by `config`: without users
+    unless given DEFAULT_CONFIG and the users' keys in `env` (what `refbus up` does, bus.py)."""
 
     def __init__(
         self,
         data_dir: Path,
         port: int | None = None,
         monitor_port: int | None = None,
-        config: Path = DEFAULT_CONFIG,
+        config: Path = UNAUTHENTICATED_CONFIG,
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         server_name: str | None = None,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from refbus.services.audit.keys import Keyring
+    from refbus.services.runtime.identities import Credentials
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_PORT = 4222
@@ -69,10 +70,25 @@ class Settings:
     keys_provisioned: bool = False
     "REFBUS_KEYS_PROVISIONED=1: a deployment provisioned the keys (`refbus keys --out`); none is ever"
     " made here, and a service whose own key is missing refuses to start (docs/decisions/0015-key-provisioning.md)."
+    nats_seed_file: Path | None = None
+    "REFBUS_NATS_NKEY_SEED_FILE: the seed this process connects with, whatever its identity (a deployment's"
+    " container runs one); None: <secrets>/nats/<identity>.nk when it exists (services/runtime/identities.py)."
 
     @property
     def secrets(self) -> Path:
         return self.secrets_dir or self.data_dir / "secrets"
+
+    def nats_credentials(self, identity: str) -> "Credentials":
+        """How `identity` connects: REFBUS_NATS_NKEY_SEED_FILE, else its seed in <secrets>/nats/, else
+        no credentials (a server without authentication, or a user:password URL)."""
+        from refbus.services.runtime.identities import Credentials, seed_path
+
+        if self.nats_seed_file is not None:
+            if not self.nats_seed_file.is_file():
+                raise SettingsError(f"REFBUS_NATS_NKEY_SEED_FILE names {self.nats_seed_file}, which is not a file")
+            return Credentials(identity, self.nats_seed_file)
+        kept = seed_path(self.secrets / "nats", identity)
+        return Credentials(identity, kept if kept.is_file() else None)
 
     def keyring(self) -> "Keyring":
         """The signing keys in <secrets>/keys/ (<data_dir>/secrets unless REFBUS_SECRETS_DIR): made on
@@ -154,6 +170,7 @@ class Settings:
             "seal_interval_s": float(env.get("REFBUS_SEAL_INTERVAL_S", "60")),
             "secrets_dir": Path(env["REFBUS_SECRETS_DIR"]) if env.get("REFBUS_SECRETS_DIR") else None,
             "keys_provisioned": _flag(env, "REFBUS_KEYS_PROVISIONED"),
+            "nats_seed_file": Path(seed) if (seed := env.get("REFBUS_NATS_NKEY_SEED_FILE")) else None,
         }
         key = values["event_id_key_hex"]
         if key is not None:

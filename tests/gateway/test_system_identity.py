@@ -1,4 +1,4 @@
-"""Under the secured config (deploy/nats-server-secured.conf): a sector system's own NATS identity,
+"""Under the secured config (deploy/nats-server.conf): a sector system's own NATS identity,
 `health-system`, sends commands to its gateway and gets answers, but cannot publish to the stream, nor
 to another sector's gateway; the sector service, as user `health`, runs its gateway (commands, webhook
 consumer, events feed) with its own permissions."""
@@ -45,7 +45,7 @@ async def test_a_sector_systems_identity_sends_commands_and_cannot_publish_event
     http_port, hook = ports(2)
     system = NodeSystem(Sector.HEALTH, hook, tmp_path / "health.jsonl", f"http://127.0.0.1:{http_port}").start()
     settings = Settings(
-        nats_url=secured.url_for(secured_server, "health"), event_id_key_hex=TEST_EVENT_ID_KEY.hex(), data_dir=tmp_path
+        nats_url=secured_server.url, event_id_key_hex=TEST_EVENT_ID_KEY.hex(), data_dir=tmp_path
     )
     config = replace(gateway_config(http_port, system.url, Sector.HEALTH, external=True), nats_commands=True)
     app = sector_app(Sector.HEALTH, ExternalSector(Sector.HEALTH), settings, gateway=config)

@@ -1,5 +1,6 @@
-"""The secured server (deploy/nats-server-secured.conf) for the permission tests: started with a
-password per user, and connections as each user with its own reply prefix (as the services connect)."""
+"""The authenticated server (deploy/nats-server.conf, the embedded default) for the permission tests:
+started with an nkey per user (seeds in <tmp>/secrets/nats/), and connections as each user with its
+own seed and reply prefix (as the services connect)."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,36 +9,50 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from refbus.services.runtime.bus import reply_prefix
-from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats
+from refbus.services.runtime import identities
+from refbus.services.runtime.embedded import DEFAULT_CONFIG, DEPLOY_DIR, EmbeddedNats
+from refbus.services.runtime.identities import Credentials
+from refbus.services.runtime.settings import Settings
 
-USERS = (
-    "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
-    "social-system", "health-system", "education-system", "justice-system",
-)
-SECURED_CONFIG = DEPLOY_DIR / "nats-server-secured.conf"
+USERS = identities.IDENTITIES
+SECURED_CONFIG = DEFAULT_CONFIG
 PERMISSIONS_CONFIG = DEPLOY_DIR / "nats-permissions.conf"
 
 
-def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedNats]:
+def start(data_dir: Path, secrets: Path, **options: object) -> EmbeddedNats:
+    """The authenticated server on `data_dir`, its users' seeds in `secrets`/nats/."""
+    users = identities.server_env(identities.ensure(secrets / "nats"))
+    return EmbeddedNats(data_dir, config=SECURED_CONFIG, env=users, **options).start()  # type: ignore[arg-type]
+
+
+def secured_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch | None = None) -> Iterator[EmbeddedNats]:
     """The body of each test module's `secured_server` fixture."""
-    for user in USERS:
-        monkeypatch.setenv(f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD", f"pw-{user}")
-    server = EmbeddedNats(tmp_path / "nats", config=SECURED_CONFIG).start()
+    server = start(tmp_path / "nats", tmp_path / "secrets")
     yield server
     server.stop()
 
 
-def url_for(server: EmbeddedNats, user: str) -> str:
-    return f"nats://{user}:pw-{user}@127.0.0.1:{server.port}"
+def seed_file(server: EmbeddedNats, user: str) -> Path:
+    """`user`'s seed, kept beside the server's data dir by `start`."""
+    return identities.seed_path(server.data_dir.parent / "secrets" / "nats", user)
+
+
+def settings_for(server: EmbeddedNats, user: str, **values: object) -> Settings:
+    """Settings of a process that connects to `server` as `user` (REFBUS_NATS_NKEY_SEED_FILE)."""
+    return Settings(nats_url=server.url, nats_seed_file=seed_file(server, user), **values)  # type: ignore[arg-type]
+
+
+def env_for(server: EmbeddedNats, user: str) -> dict[str, str]:
+    """The environment of a refbus command that connects to `server` as `user`."""
+    return {"REFBUS_NATS_URL": server.url, "REFBUS_NATS_NKEY_SEED_FILE": str(seed_file(server, user))}
 
 
 async def connect_as(server: EmbeddedNats, user: str, errors: list[Exception] | None = None) -> NATS:
-    """A connection as `user`, with its own reply prefix; asynchronous errors (permission
+    """A connection as `user`, with its own seed and reply prefix; asynchronous errors (permission
     violations) are appended to `errors`."""
     async def on_error(exc: Exception) -> None:
         if errors is not None:
             errors.append(exc)
 
-    url = url_for(server, user)
-    return await nats.connect(url, inbox_prefix=reply_prefix(url), error_cb=on_error, allow_reconnect=False)
+    options = Credentials(user, seed_file(server, user)).connect_options()
+    return await nats.connect(server.url, error_cb=on_error, allow_reconnect=False, **options)  # type: ignore[arg-type]

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from refbus.cli import _parser
-from refbus.services.runtime.embedded import DEPLOY_DIR, EmbeddedNats, free_port, read_record
+from refbus.services.runtime import identities
+from refbus.services.runtime.embedded import EmbeddedNats, free_port, read_record
 from tests.factories import new_child
 from tests.integration import secured as secured_users
 from tests.integration.cli_runner import Up, _env, failure, refbus
@@ -126,9 +127,8 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A server that wants credentials, and has no refbus streams."""
-    passwords = {f"REFBUS_{u.upper().replace('-', '_')}_PASSWORD": f"pw-{u}" for u in secured_users.USERS}
-    server = EmbeddedNats(tmp_path_factory.mktemp("secured") / "nats", config=DEPLOY_DIR / "nats-server-secured.conf",
-                          env=passwords).start()
+    where = tmp_path_factory.mktemp("secured")
+    server = secured_users.start(where / "nats", where / "secrets")
     yield server
     server.stop()
 
@@ -136,17 +136,24 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
 def test_credentials_wanted_or_wrong_is_one_line(secured: EmbeddedNats, tmp_path: Path) -> None:
     env = _env(tmp_path / "data")
     failure(refbus("children", "--nats-url", secured.url, env=env), 3, "authorization")
-    wrong = f"nats://admin:s3cret-guess@127.0.0.1:{secured.port}"
-    run = refbus("children", "--nats-url", wrong, env=env)
+    # A seed the server does not know (another deployment's admin): refused, and never printed.
+    stranger = identities.ensure(tmp_path / "other", ("admin",))
+    seed = identities.seed_path(tmp_path / "other", "admin")
+    run = refbus("children", "--nats-url", secured.url, env={**env, "REFBUS_NATS_NKEY_SEED_FILE": str(seed)})
     failure(run, 3, "authorization")
-    assert "s3cret-guess" not in run.err  # the password is not printed
+    assert seed.read_text().strip() not in run.err + run.out and stranger["admin"] not in run.err
+    # A file that holds no seed is named, its content not shown.
+    junk = tmp_path / "junk.nk"
+    junk.write_text("SUnot-a-seed-at-all")
+    run = refbus("children", "--nats-url", secured.url, env={**env, "REFBUS_NATS_NKEY_SEED_FILE": str(junk)})
+    failure(run, 3, str(junk), "does not hold an nkey user seed")
+    assert "not-a-seed" not in run.err
 
 
 def test_a_bus_without_the_streams_is_named(secured: EmbeddedNats, tmp_path: Path) -> None:
-    url = f"nats://admin:pw-admin@127.0.0.1:{secured.port}"
-    env = _env(tmp_path / "data")
-    failure(refbus("service", "health", "--nats-url", url, env=env), 3, "no REFBUS stream", "refbus up")
-    failure(refbus("children", "--nats-url", url, env=env), 3, "no REFBUS stream")
+    env = _env(tmp_path / "data") | secured_users.env_for(secured, "admin")
+    failure(refbus("service", "health", env=env), 3, "no REFBUS stream", "refbus up")
+    failure(refbus("children", env=env), 3, "no REFBUS stream")
 
 
 # --- Mistakes of the user ---------------------------------------------------------------------

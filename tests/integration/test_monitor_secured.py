@@ -20,7 +20,7 @@ from refbus.services.runtime.embedded import EmbeddedNats
 from refbus.services.sector.inbox import ensure_consumer
 from refbus.services.sector.service import inbox_consumer
 from tests.factories import new_child, record, request
-from tests.integration.secured import connect_as, secured_server, url_for
+from tests.integration.secured import connect_as, env_for, secured_server
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,9 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embedded
 
 
 def _monitor(server: EmbeddedNats, user: str) -> dict:  # type: ignore[type-arg]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REFBUS_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFBUS_")} | env_for(server, user)
     done = subprocess.run(
-        [sys.executable, "-m", "refbus.cli", "monitor", "--once", "--json", "--nats-url", url_for(server, user),
+        [sys.executable, "-m", "refbus.cli", "monitor", "--once", "--json",
          "--monitor-url", f"http://127.0.0.1:{server.monitor_port}"],
         env=env, capture_output=True, text=True, timeout=90,
     )

@@ -21,7 +21,7 @@ from refbus.services.pager.pager import HistoryPager, pager_checkpoint
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, record, request
 from tests.integration import secured
-from tests.integration.secured import connect_as, url_for
+from tests.integration.secured import connect_as, seed_file
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,8 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats,
     social = await connect_as(secured_server, "social", errors)
     social_log = JetStreamEventStore(social, timeout=2.0)
     child = new_child()
-    async with running(url_for(secured_server, "health"), {Sector.HEALTH: ScriptedPolicy([])}):
+    async with running(secured_server.url, {Sector.HEALTH: ScriptedPolicy([])},
+                       nats_seed_file=seed_file(secured_server, "health")):
         req = request(child, Sector.SOCIAL, Sector.HEALTH)
         assert await record(social_log, req)  # social writes as social: allowed
 
@@ -110,7 +111,6 @@ async def test_the_deadline_service_writes_notices_and_nothing_else(secured_serv
     from refbus.contracts.events import ReferralEscalated, ReferralOverdue
     from refbus.services.deadlines.main import create_app as deadlines_app
     from refbus.services.rules.deadlines import DeadlineTable
-    from refbus.services.runtime.settings import Settings
     from tests.services import TEST_EVENT_ID_KEY
 
     admin = await connect_as(secured_server, "admin")
@@ -120,7 +120,7 @@ async def test_the_deadline_service_writes_notices_and_nothing_else(secured_serv
     req = request(child, Sector.SOCIAL, Sector.HEALTH)
     await record(log, req)
     now = datetime.now(UTC) + timedelta(hours=1)  # the receipt (10 minutes) is overdue: nobody runs
-    settings = Settings(nats_url=url_for(secured_server, "deadlines"), event_id_key_hex=TEST_EVENT_ID_KEY.hex())
+    settings = secured.settings_for(secured_server, "deadlines", event_id_key_hex=TEST_EVENT_ID_KEY.hex())
     app = deadlines_app(settings, clock=lambda: now, table=DeadlineTable.from_json('{"routine": {"received": 600}}'),
                         tick=3600)
     await app.start()

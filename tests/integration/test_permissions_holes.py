@@ -1,4 +1,4 @@
-"""Issue 12, items 1 and 2, on a real server with deploy/nats-server-secured.conf: a sector cannot
+"""Issue 12, items 1 and 2, on a real server with deploy/nats-server.conf (the embedded default): a sector cannot
 repoint its inbox consumer at another sector's events, no user receives replies or deliveries meant
 for another, the operator reads no payloads; and every allow in deploy/nats-permissions.conf has a
 reason in PERMISSIONS below (the permission matrix)."""
@@ -358,7 +358,8 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     """Each user's allowed (direction, subject) pairs in nats-permissions.conf."""
     blocks = dict(re.findall(r"^(\w+_PERMISSIONS) = \{(.*?)^\}", text, re.S | re.M))
     users: dict[str, dict[tuple[str, str], None]] = {}
-    for user, rest in re.findall(r"\{ user: ([\w-]+), password: [^,}]+(.*?)\}$", text, re.M):
+    for variable, rest in re.findall(r"\{ nkey: \$REFBUS_(\w+)_NKEY(.*?)\}$", text, re.M):
+        user = variable.lower().replace("_", "-")
         perms = re.search(r"permissions: \$(\w+)", rest)
         if perms is None:
             continue
@@ -376,7 +377,7 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
 def test_every_allow_has_a_reason() -> None:
     text = PERMISSIONS_CONFIG.read_text()
     configured = configured_permissions(text)
-    every_user = set(re.findall(r"\{ user: ([\w-]+),", text))
+    every_user = {v.lower().replace("_", "-") for v in re.findall(r"\{ nkey: \$REFBUS_(\w+)_NKEY", text)}
     assert every_user == set(configured) | set(UNRESTRICTED)
     for user, allowed in configured.items():
         reasons = PERMISSIONS.get(user, {})
@@ -391,8 +392,8 @@ def helm_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     users: dict[str, dict[tuple[str, str], None]] = {}
     user, direction = "", ""
     for line in text.splitlines():
-        if found := re.match(r"\s+- user: ([\w-]+)", line):
-            user, direction = found.group(1), ""
+        if found := re.match(r'\s+- nkey: "<< \$REFBUS_(\w+)_NKEY >>"', line):
+            user, direction = found.group(1).lower().replace("_", "-"), ""
         elif found := re.match(r"\s+(publish|subscribe):", line):
             direction = "pub" if found.group(1) == "publish" else "sub"
         elif user and direction and (found := re.match(r'\s+- "([^"]+)"$', line)):

@@ -1,4 +1,4 @@
-"""The sealer under deploy/nats-server-secured.conf: it runs in the pager's process as the NATS user
+"""The sealer under deploy/nats-server.conf: it runs in the pager's process as the NATS user
 `pager`, with the bus key alone (provisioned by `refbus keys --out`), reads the log through its own
 named consumer, and its seals verify; a sector user cannot append a seal."""
 

@@ -20,12 +20,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nkeys
 import pytest
 import yaml
 
 from refbus.cli import _parser
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
+from refbus.services.runtime import identities
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -37,11 +39,14 @@ NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "ei
 
 
 def _users() -> list[str]:
-    return re.findall(r"\{\s*user:\s*([\w-]+),", PERMISSIONS.read_text())
+    variables = re.findall(r"\{\s*nkey:\s*\$REFBUS_(\w+)_NKEY\b", PERMISSIONS.read_text())
+    return [variable.lower().replace("_", "-") for variable in variables]
 
 
-def _password_env() -> dict[str, str]:
-    return {f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD": f"dummy-{user}" for user in _users()}
+def _nkey_env() -> dict[str, str]:
+    """Every user's public key, as the server's environment carries them (fixed, made-up seeds)."""
+    seeds = {user: nkeys.encode_seed(bytes([n + 1]) * 32, nkeys.PREFIX_BYTE_USER) for n, user in enumerate(_users())}
+    return identities.server_env({user: nkeys.from_seed(bytearray(s)).public_key.decode() for user, s in seeds.items()})
 
 
 def _text_files() -> list[Path]:
@@ -82,13 +87,15 @@ def test_nats_server_t_fails_on_a_broken_config(tmp_path: Path) -> None:
         assert result.returncode != 0, (body, result.stderr)
 
 
-def test_the_secured_config_needs_every_password() -> None:
-    assert _nats_test(DEPLOY / "nats-server-secured.conf").returncode != 0
-    for name in _password_env():
-        env = _password_env()
+def test_the_default_config_needs_every_users_key() -> None:
+    assert _nats_test(DEPLOY / "nats-server.conf").returncode != 0
+    for name in _nkey_env():
+        env = _nkey_env()
         del env[name]
-        result = _nats_test(DEPLOY / "nats-server-secured.conf", env)
+        result = _nats_test(DEPLOY / "nats-server.conf", env)
         assert result.returncode != 0 and name in result.stderr, name
+    env = _nkey_env() | {"REFBUS_ADMIN_NKEY": "not-a-public-key"}
+    assert _nats_test(DEPLOY / "nats-server.conf", env).returncode != 0
 
 
 # nats-permissions.conf is a fragment: it is tested through the configs that include it.
@@ -101,9 +108,23 @@ def test_every_nats_config_parses(config: Path, tmp_path: Path) -> None:
         # compose.yaml mounts each node's config next to nats-permissions.conf, which it includes.
         shutil.copy(PERMISSIONS, tmp_path / PERMISSIONS.name)
         config = Path(shutil.copy(config, tmp_path / "nats-server.conf"))
-    result = _nats_test(config, _password_env())
+    result = _nats_test(config, _nkey_env())
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stderr
+
+
+def test_the_compose_nodes_get_every_users_key_from_the_keys_job() -> None:
+    # The file the nodes source is the environment the configs above were tested with.
+    keys = {u: _nkey_env()[identities.variable(u)] for u in _users()}
+    sourced = dict(line.split("=", 1) for line in identities.identities_env(keys).splitlines() if "=" in line)
+    assert sourced == _nkey_env()
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for name in ("nats-1", "nats-2", "nats-3"):
+        node = compose["services"][name]
+        assert ". /etc/nats/identities/nats-identities.env && exec nats-server" in node["command"][-1]
+        assert node["depends_on"]["keys"] == {"condition": "service_completed_successfully"}
+        assert {"type": "volume", "source": "refbus-keys", "target": "/etc/nats/identities", "read_only": True,
+                "volume": {"subpath": "nats-server"}} in node["volumes"]
 
 
 def test_the_compose_mounts_are_the_configs_tested() -> None:
@@ -159,13 +180,20 @@ def _containers() -> Iterator[tuple[str, dict]]:
                 yield path.name, container
 
 
+def _pod(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / "k8s" / name).read_text())["spec"]["template"]["spec"]
+
+
 def test_every_sector_and_the_pager_have_a_deployment_with_its_own_user() -> None:
     commands = {}
     for name, container in _containers():
         env = {e["name"]: e for e in container["env"]}
-        key = env["REFBUS_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"]
-        assert env["REFBUS_NATS_URL"]["value"].count(f"nats://{key}:$(REFBUS_NATS_PASSWORD)@") == 3, name
-        commands[name] = (key, container["command"])
+        url = env["REFBUS_NATS_URL"]["value"]
+        assert url.count("nats://") == 3 and "@" not in url, name  # no credentials in a URL: an nkey seed
+        seeds = [item["path"] for volume in _pod(name)["volumes"] if "secret" in volume
+                 for item in volume["secret"]["items"] if item["path"].startswith("nats/")]
+        [seed] = seeds
+        commands[name] = (Path(seed).stem, container["command"])
     sector = next(a for a in _subcommands()["service"]._actions if a.dest == "sector")
     assert set(sector.choices) == {"social", "health", "education", "justice", "pager", "deadlines"}
     for target in sector.choices:
@@ -288,7 +316,7 @@ def _read_by_refbus() -> set[str]:
 def test_every_refbus_variable_in_deploy_is_read_by_something() -> None:
     read = _read_by_refbus()
     assert {"REFBUS_NATS_URL", "REFBUS_REPLICAS", "REFBUS_HEALTH_PORT", "REFBUS_HEALTH_HOST", "REFBUS_LOG_JSON"} <= read
-    passwords = set(_password_env())
+    passwords = set(_nkey_env())
     unknown = {}
     for path in _text_files():
         text = path.read_text()
@@ -318,19 +346,19 @@ def test_the_container_environments_are_read_by_refbus() -> None:
 # --- the users and their passwords -------------------------------------------------------------
 
 
-def test_every_user_has_a_password_everywhere() -> None:
+def test_every_user_has_a_key_everywhere() -> None:
     users = _users()
-    env_example = re.findall(r"^(REFBUS_\w+_PASSWORD)=", (DEPLOY / "compose" / "env.example").read_text(), re.M)
-    assert env_example == list(_password_env())
+    assert "PASSWORD" not in (DEPLOY / "compose" / "env.example").read_text()
     secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text())
     assert list(secret["stringData"]) == users
     values = yaml.safe_load((DEPLOY / "k8s" / "nats-values.yaml").read_text())
     chart_env = values["container"]["env"]
     for user in users:
-        assert chart_env[f"REFBUS_{user.upper().replace('-', '_')}_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        assert chart_env[identities.variable(user)]["valueFrom"]["secretKeyRef"] == {
             "name": "refbus-nats-users", "key": user}
     chart_users = values["config"]["merge"]["authorization"]["users"]
-    assert [u["user"] for u in chart_users] == users
+    assert [u["nkey"] for u in chart_users] == [f"<< ${identities.variable(user)} >>" for user in users]
+    assert list(identities.IDENTITIES) == users
     for text_file in _text_files():
         for loop in re.findall(r"for u in ([a-z ]+); do", text_file.read_text()):
             assert loop.split() == users, text_file

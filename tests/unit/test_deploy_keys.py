@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from refbus.services.audit import keys
+from refbus.services.runtime import identities
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -19,7 +20,10 @@ SECRETS = "/run/secrets/refbus"
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """What `refbus keys --out` writes for each service: the files a mount must hold."""
     tmp = tmp_path_factory.mktemp("keys")
-    return keys.export(keys.ensure(tmp / "master"), tmp / "out", "ee" * 32, "ff" * 32)
+    written = keys.export(keys.ensure(tmp / "master"), tmp / "out", "ee" * 32, "ff" * 32)
+    for folder, files in identities.export(tmp / "master" / "nats", tmp / "out").items():
+        written.setdefault(folder, []).extend(files)
+    return {folder: sorted(files) for folder, files in written.items()}
 
 
 def _compose() -> dict:
@@ -56,8 +60,10 @@ def test_every_compose_container_uses_the_provisioned_keys(exported: dict[str, l
         env = service["environment"]
         assert env.get("REFBUS_KEYS_PROVISIONED") == "1", name  # nobody makes a key of its own
         assert "REFBUS_EVENT_ID_KEY" not in env and "REFBUS_DATA_DIR" not in env, name
-        if name not in runners:
-            assert "volumes" not in service, name  # provision signs nothing
+        if name not in runners:  # provision signs nothing: the admin's NATS identity alone
+            assert service["volumes"] == [{"type": "volume", "source": "refbus-keys", "target": SECRETS,
+                                           "read_only": True, "volume": {"subpath": "admin"}}], name
+            assert exported["admin"] == ["nats/admin.nk"]
             continue
         assert service["command"] == ["refbus", "service", name]
         assert service["depends_on"]["keys"] == {"condition": "service_completed_successfully"}
@@ -85,12 +91,13 @@ def test_every_k8s_pod_mounts_its_own_keys_and_nothing_else(exported: dict[str, 
         assert env["REFBUS_KEYS_PROVISIONED"] == "1", name
         assert "REFBUS_EVENT_ID_KEY" not in env, name
         secrets = [v for v in pod["volumes"] if "secret" in v]
-        if name == "provision":
-            assert secrets == [] and "REFBUS_SECRETS_DIR" not in env
-            continue
-        assert container["command"] == ["refbus", "service", name]
         [volume] = secrets
         secret = volume["secret"]
+        if name == "provision":  # the admin's NATS identity alone
+            assert secret["secretName"] == "refbus-keys-admin" and env["REFBUS_SECRETS_DIR"] == SECRETS
+            assert [item["path"] for item in secret["items"]] == exported["admin"]
+            continue
+        assert container["command"] == ["refbus", "service", name]
         assert secret["secretName"] == f"refbus-keys-{name}"
         assert secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 10001
         # Exactly the files `refbus keys --out` wrote for this service, each under its Secret key's name.
@@ -105,10 +112,14 @@ def test_the_secrets_are_made_as_the_readme_says() -> None:
     readme = (DEPLOY / "README.md").read_text()
     assert "refbus keys --data-dir ./refbus-key-master --out ./refbus-keys" in readme
     [looped] = re.findall(r"for s in ([a-z ]+); do\n\s+kubectl -n refbus create secret generic refbus-keys-\$s "
-                          r"--from-file=./refbus-keys/\$s/keys --from-file=./refbus-keys/\$s/event-id.key\n", readme)
+                          r"--from-file=./refbus-keys/\$s/keys --from-file=./refbus-keys/\$s/event-id.key "
+                          r"--from-file=./refbus-keys/\$s/nats\n", readme)
     assert sorted(looped.split()) == sorted(keys.SERVICES_WITH_EVENT_IDS)
     # The pager's, alone: no event-id key.
-    assert "generic refbus-keys-pager --from-file=./refbus-keys/pager/keys\n" in readme
+    pager = "generic refbus-keys-pager --from-file=./refbus-keys/pager/keys --from-file=./refbus-keys/pager/nats\n"
+    assert pager in readme
+    assert "generic refbus-keys-admin --from-file=./refbus-keys/admin/nats\n" in readme
+    assert "generic refbus-nats-users --from-file=./refbus-keys/nats-server/users\n" in readme
     assert {*looped.split(), "pager"} == set(keys.SERVICE_OWNERS)
 
 
