@@ -9,7 +9,9 @@ is at least once and the `webhook-id` (the event id) lets the receiver drop a re
 Each request is signed as Standard Webhooks sign: headers `webhook-id` (the event id),
 `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
 `<id>.<timestamp>.<body>` keyed with the base64-decoded part of the sector's `whsec_` secret). The
-body is the event's JSON exactly as stored; `refbus-seq` carries its log sequence.
+body is the event's JSON exactly as stored; `refbus-seq` carries its log sequence. A referral with
+sealed content gets one member more, `content` (a ContentView: in clear for this sector, or `erased`),
+the only way its content leaves the bus in clear (docs/decisions/0021-sealed-content.md).
 """
 
 import asyncio
@@ -17,6 +19,7 @@ import contextlib
 import time
 
 import httpx
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -26,6 +29,7 @@ from refbus.contracts import codec, subjects
 from refbus.contracts.events import event_type
 from refbus.contracts.vocabulary import Sector
 from refbus.services.gateway import credentials, metrics
+from refbus.services.gateway.feed import Opener, no_content
 from refbus.services.sector.inbox import Inbox, ensure_consumer
 
 log = structlog.get_logger(__name__)
@@ -67,8 +71,10 @@ class WebhookDelivery:
         retry_max_s: float = 30.0,
         timeout_s: float = 10.0,
         ack_wait: float = 30.0,
+        opener: Opener = no_content,
     ) -> None:
         self.nc = nc
+        self.opener = opener
         self.sector = sector
         self.url = url
         self.secret = secret
@@ -113,6 +119,17 @@ class WebhookDelivery:
             log.warning("webhook_skipped", seq=seq, reason=exc.reason)
             await msg.ack()
             return
+        body = msg.data
+        try:
+            view = await self.opener(event)
+        except OSError as exc:  # the keys could not be read: handed back, tried again in a moment
+            log.warning("webhook_content_unavailable", seq=seq, error=str(exc))
+            await msg.nak(delay=1.0)
+            return
+        if view is not None:
+            with_content = msgspec.json.decode(msg.data)
+            with_content["content"] = view
+            body = msgspec.json.encode(with_content)
         headers = {
             "content-type": "application/json",
             "webhook-id": str(event.event_id),
@@ -124,11 +141,11 @@ class WebhookDelivery:
         while True:
             timestamp = int(time.time())
             headers["webhook-timestamp"] = str(timestamp)
-            headers["webhook-signature"] = credentials.sign(self.secret, str(event.event_id), timestamp, msg.data)
+            headers["webhook-signature"] = credentials.sign(self.secret, str(event.event_id), timestamp, body)
             status: int | None = None
             error: Exception | None = None
             try:
-                response = await self.client.post(self.url, content=msg.data, headers=headers)
+                response = await self.client.post(self.url, content=body, headers=headers)
                 status = response.status_code
                 if 200 <= status < 300:
                     await msg.ack_sync()
