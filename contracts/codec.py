@@ -14,11 +14,12 @@ import msgspec
 from refbus.contracts import subjects
 from refbus.contracts.events import ALL_EVENT_TYPES, AnyEvent, Event
 
-MAX_EVENT_BYTES = 16 * 1024
-"""The largest event a reader accepts. The largest valid event (a referral.requested with every
-optional field set and the longest codes) is about 600 bytes compact, under 1 KiB indented, and a few
-KiB even with every character \\u-escaped; every field is a bounded code, so this leaves ample room
-for new fields while capping what one hostile message costs to scan and decode."""
+MAX_EVENT_BYTES = 20 * 1024
+"""The largest event a reader accepts. The largest valid event without sealed content (a
+referral.requested with every optional field set and the longest codes) is about 600 bytes compact,
+under 1 KiB indented, and a few KiB even with every character \\u-escaped; the largest sealed content
+(contracts/content.py SEALED_MAX) adds under 15 KiB of base64. This leaves room for that while
+capping what one hostile message costs to scan and decode."""
 
 MAX_DEPTH = 8
 """The deepest nesting of arrays and objects a reader accepts. Events are 2 deep (an object holding a

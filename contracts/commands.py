@@ -16,6 +16,7 @@ from uuid import UUID
 
 import msgspec
 
+from refbus.contracts.content import ContentView, ReferralContent
 from refbus.contracts.events import (
     AnyEvent,
     ChildRef,
@@ -98,6 +99,9 @@ class Refer(Command, frozen=True, kw_only=True):
     respond_by: UtcTime | None = None
     correlation_id: UUID | None = None
     "The referral chain to join (a referral this one follows from); default: a new chain."
+    content: ReferralContent | None = None
+    """What the receiver needs to act, in clear here: the gateway seals it before anything is stored,
+    and only the receiver's gateway (and the auditors) can open it again."""
 
 
 class ReferralCommand(Command, frozen=True, kw_only=True):
@@ -173,6 +177,8 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     referral_id: UUID | None = None
     "For referral commands: the referral (for `refer`, the new referral's id)."
     event: AnyEvent
+    content: ContentView | None = None
+    "A referral's content in clear, as the caller's sector reads it (its event holds it sealed)."
 
 
 class Refusal(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -191,6 +197,8 @@ class Delivered(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     seq: int
     event: AnyEvent
+    content: ContentView | None = None
+    "A referral's content, opened for this sector: `clear`, or `erased` once the child's keys are gone."
 
 
 class Feed(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

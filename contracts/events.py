@@ -11,6 +11,7 @@ from uuid import UUID
 
 import msgspec
 
+from refbus.contracts.content import SealedContent
 from refbus.contracts.vocabulary import (
     BasicService,
     CancelReason,
@@ -90,6 +91,9 @@ class ReferralRequested(ReferralEvent, frozen=True, kw_only=True, tag="referral.
     legal_basis: LegalBasis
     respond_by: UtcTime | None = None
     "When the referrer expects a decision; overdue referrals are escalated."
+    sealed: SealedContent | None = None
+    """What the receiver needs to act (the child's name, birth date, guardian's contact, address, a
+    note), encrypted: only the two sectors and the auditors can read it (contracts/content.py)."""
 
 
 class ReferralReceived(ReferralEvent, frozen=True, kw_only=True, tag="referral.received"):
@@ -199,6 +203,16 @@ class ChildReferenceLinked(Event, frozen=True, kw_only=True, tag="child.referenc
     linked_to: ChildRef
 
 
+class ChildContentErased(Event, frozen=True, kw_only=True, tag="child.content-erased"):
+    """Every data key of the child was destroyed (`refbus erase`): the sealed content of its earlier
+    referrals can no longer be read anywhere, copies of the log included; the events themselves stay,
+    and still verify. Addressed to no sector. `erased_by`: the identity that ran the erasure."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    erased_by: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    keys_destroyed: Annotated[int, msgspec.Meta(ge=0)]
+
+
 AnyEvent = (
     ReferralRequested
     | ReferralReceived
@@ -218,6 +232,7 @@ AnyEvent = (
     | ConsentRecorded
     | ConsentWithdrawn
     | ChildReferenceLinked
+    | ChildContentErased
 )
 
 ALL_EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

@@ -155,3 +155,24 @@ def redrive_subject(sector: Sector | str) -> str:
     """Redrive requests for one sector, in REFBUS_DEAD_LETTERS: the sector's redrive consumer reads
     them and handles the named log message again."""
     return f"{dead_letter_subject(sector)}.redrive"
+
+
+# The children's wrapped data keys (services/privacy/), outside the log: a KV bucket (stream
+# KV_REFBUS_CHILD_KEYS), one key per (child, reader, data key): `<child>.<reader>.<key id>`, the reader
+# a sector or `auditors`. On the wire: `$KV.REFBUS_CHILD_KEYS.<child>.<reader>.<key id>`.
+CHILD_KEYS_BUCKET = "REFBUS_CHILD_KEYS"
+CHILD_KEYS_STREAM = f"KV_{CHILD_KEYS_BUCKET}"
+CHILD_KEYS_SUBJECTS = f"$KV.{CHILD_KEYS_BUCKET}.>"
+AUDITORS = "auditors"
+"The reader the auditors' wrapped keys are kept under."
+
+
+def child_key_subject(child: str, reader: Sector | str, key_id: str) -> str:
+    """Where one reader's wrap of one of a child's data keys is kept."""
+    name = reader.value if isinstance(reader, Sector) else reader
+    return f"$KV.{CHILD_KEYS_BUCKET}.{child}.{name}.{key_id}"
+
+
+def child_keys_filter(child: str) -> str:
+    """Every wrapped key of one child (what `refbus erase` destroys)."""
+    return f"$KV.{CHILD_KEYS_BUCKET}.{child}.>"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from refbus import audit_commands, bus_commands, child_ref_commands, dead, log_commands, monitor
+from refbus import audit_commands, bus_commands, child_ref_commands, dead, log_commands, monitor, privacy_commands
 from refbus.cli_support import (
     EXIT_BUS,
     EXIT_INTERRUPTED,
@@ -158,6 +158,7 @@ COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     audit_commands.register,  # keys, verify, seal, timeline, export, access, replay (issue 16)
     monitor.add_commands,  # monitor, exporter (issue 18: refbus/monitor.py)
     child_ref_commands.add_commands,  # child-ref, link-child (issue 17)
+    privacy_commands.add_commands,  # erase (issue 17: sealed content)
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]
 

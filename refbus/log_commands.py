@@ -166,6 +166,7 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     (signatures, chains; a forged page refused), then shown."""
     from refbus.audit_commands import read_for_person, reader_identity, verification_line, write_timeline
     from refbus.child_ref_commands import follow_links
+    from refbus.privacy_commands import auditor_views, content_line
     from refbus.services.audit.access import NoPurpose
     from refbus.services.audit.asof import state_as_of
     from refbus.services.runtime.bus import open_bus
@@ -186,6 +187,7 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
                 return 0 if checked.ok else EXIT_NO
             checked = await read_for_person(bus.nc, settings, args.child, args.purpose, who, role, "history")
             followed = await follow_links(bus.nc, settings, args.child, checked, args.purpose, who, role)
+            views = await auditor_views(bus.nc, settings, followed.events)  # a read recorded with its purpose
     except NoPurpose as exc:
         raise UserError(f"refused: {exc}") from None
     history = [h for h in followed.events if args.upto_seq is None or h.seq <= args.upto_seq]
@@ -196,11 +198,13 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         else:
             history = [h for h in history if (_occurred(h) or h.stored_at) <= as_of]
     if args.json:
-        print(msgspec.json.encode([_as_record(h, followed.via) for h in history]).decode())
+        print(msgspec.json.encode([_as_record(h, followed.via, views) for h in history]).decode())
     else:
         for stored in history:
             under = followed.via.get(stored.seq)
             print(_timeline_line(stored) + (f"  [recorded under {under}]" if under else ""))
+            if stored.seq in views:
+                print(content_line(views[stored.seq]))
         if as_of is not None and history:
             # Each referral as the log held it then: the services' own fold over the events up to then.
             state = state_as_of(followed.events, as_of, by=args.time, child=args.child)
@@ -225,9 +229,11 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if followed.ok else EXIT_NO
 
 
-def _as_record(stored: "StoredEvent", via: dict[int, str]) -> dict[str, object]:
+def _as_record(stored: "StoredEvent", via: dict[int, str], views: dict[int, Any]) -> dict[str, object]:
     record = {"seq": stored.seq, "occurred_at": _occurred(stored), "stored_at": stored.stored_at,
               "event": stored.event, "error": stored.error}
+    if stored.seq in views:
+        record["content"] = views[stored.seq]  # the sealed content as the auditors read it
     if stored.seq in via:
         record["recorded_under"] = via[stored.seq]  # a reference linked into the one read
     return record

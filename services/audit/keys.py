@@ -4,6 +4,11 @@ trail), and one for the deadline service (its notices only), kept in <data_dir>/
 --out`, `export` below) and hands each service only the private keys it signs with, with the public
 records in public-keys.json (docs/decisions/0015-key-provisioning.md).
 
+Beside them, content keys: an X25519 key per sector and one for the auditors (owners
+`content-<sector>`, `content-auditors`), to which the children's data keys are wrapped
+(services/privacy/, docs/decisions/0021-sealed-content.md). They sign nothing; their public records
+are certified and published as the signing keys' are, and a service gets only its own private one.
+
 A key file holds the private key and its record. Rotation makes a new current key for an owner; the
 old one stays valid for what it signed. Revocation records a time: a signature by a revoked key on
 anything stored at or after that time is refused (the server's store time, which a thief of the key
@@ -18,8 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from refbus.contracts import subjects
 from refbus.contracts.events import Event, ReferralEscalated, ReferralOverdue
 from refbus.contracts.vocabulary import Sector
 from refbus.services.audit import proof
@@ -30,13 +38,23 @@ if TYPE_CHECKING:
 
 BUS = "bus"
 DEADLINES = "deadlines"
-OWNERS = (*(s.value for s in Sector), BUS, DEADLINES)
+AUDITORS = subjects.AUDITORS
+CONTENT_PREFIX = "content-"
+
+
+def content_owner(reader: Sector | str) -> str:
+    """The owner of a reader's content key: a sector's, or the auditors' (AUDITORS)."""
+    return CONTENT_PREFIX + (reader.value if isinstance(reader, Sector) else reader)
+
+
+CONTENT_OWNERS = (*(content_owner(s) for s in Sector), content_owner(AUDITORS))
+OWNERS = (*(s.value for s in Sector), BUS, DEADLINES, *CONTENT_OWNERS)
 PUBLIC_FILE = "public-keys.json"
 "Beside the key files: public records read from local disk, trusted as the key files are."
 SERVICE_OWNERS: dict[str, tuple[str, ...]] = {
-    **{s.value: (s.value,) for s in Sector}, "pager": (BUS,), "deadlines": (DEADLINES,),
+    **{s.value: (s.value, content_owner(s)) for s in Sector}, "pager": (BUS,), "deadlines": (DEADLINES,),
 }
-"The owners whose private keys each service signs with (the pager's sealer: the bus)."
+"The owners whose private keys each service holds (the pager's sealer: the bus; a sector its content key too)."
 SERVICES_WITH_EVENT_IDS = (*(s.value for s in Sector), "deadlines")
 "The services that derive event ids, so need the deployment's event-id key."
 
@@ -88,7 +106,10 @@ class Keyring:
         """`records`: public records from local disk (PUBLIC_FILE), trusted like the files: a
         service or verifier that holds no bus private key anchors on the bus records there."""
         self.files: dict[str, KeyFile] = {f.record.key_id: f for f in files}
-        self._private = {kid: Ed25519PrivateKey.from_private_bytes(f.private_key) for kid, f in self.files.items()}
+        self._private = {kid: Ed25519PrivateKey.from_private_bytes(f.private_key) for kid, f in self.files.items()
+                         if not f.record.owner.startswith(CONTENT_PREFIX)}
+        self._content = {kid: X25519PrivateKey.from_private_bytes(f.private_key) for kid, f in self.files.items()
+                         if f.record.owner.startswith(CONTENT_PREFIX)}
         self.records: dict[str, KeyRecord] = {f.record.key_id: f.record for f in self.files.values()}
         for record in records:
             self.records.setdefault(record.key_id, record)
@@ -105,6 +126,15 @@ class Keyring:
 
     def private(self, kid: str) -> Ed25519PrivateKey | None:
         return self._private.get(kid)
+
+    def content_private(self, kid: str) -> X25519PrivateKey | None:
+        """A content key's private half, if this ring holds it (a sector's own, the auditors')."""
+        return self._content.get(kid)
+
+    def content_public(self, owner: str) -> KeyRecord | None:
+        """The record of `owner`'s content key to wrap for now: its newest unrevoked public record."""
+        found = [r for r in self.records.values() if r.owner == owner and r.revoked_at is None]
+        return max(found, key=lambda r: r.created_at) if found else None
 
     def sign(self, owner: str, message: bytes) -> tuple[str, bytes]:
         kid = self.current(owner)
@@ -195,12 +225,14 @@ def export(ring: Keyring, out: Path, event_id_key_hex: str, child_ref_key_hex: s
     secrets/ (what REFBUS_SECRETS_DIR names): keys/<owner>.key for each owner the service signs
     as (current key only), keys/public-keys.json (every record, certified by the bus), and
     event-id.key for the services that derive event ids; verifier/ holds the public records alone,
-    and child-refs/ the child-reference key, for the sector systems alone (they derive references
+    auditor/ those and the auditors' content key (`refbus history` shows content with it), and
+    child-refs/ the child-reference key, for the sector systems alone (they derive references
     with `refbus child-ref`; no service needs it).
     Returns each folder's files. Raises LookupError if an owner has no current key."""
     public = msgspec.json.encode(ring.public_records())
     written: dict[str, list[str]] = {}
-    for service, owners in [*SERVICE_OWNERS.items(), ("verifier", ())]:
+    readers = [("verifier", ()), ("auditor", (content_owner(AUDITORS),))]
+    for service, owners in [*SERVICE_OWNERS.items(), *readers]:
         folder = out / service
         for owner in owners:
             kid = ring.current(owner)
@@ -228,13 +260,13 @@ def new_key_in(folder: Path, owner: str, now: datetime | None = None) -> KeyFile
         if old.record.owner == owner and not old.retired:
             old.retired = True
             _write(folder, old)
-    private = Ed25519PrivateKey.generate()
-    from cryptography.hazmat.primitives import serialization
-
+    private: Ed25519PrivateKey | X25519PrivateKey = (
+        X25519PrivateKey.generate() if owner.startswith(CONTENT_PREFIX) else Ed25519PrivateKey.generate()
+    )
     raw = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    public = proof.public_bytes(private)
+    public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     record = KeyRecord(key_id=proof.key_id(owner, public), owner=owner, public_key=public,
                        created_at=now or datetime.now(UTC))
     key_file = KeyFile(record=record, private_key=raw)
@@ -277,7 +309,6 @@ _record_decoder = msgspec.json.Decoder(KeyRecord)
 async def publish(nc: "NATS", ring: Keyring, wait: float = 5.0) -> int:
     """Publish every public record of the ring to REFBUS_KEYS, certified by the bus (again only
     what changed: the message id names the record's state)."""
-    from refbus.contracts import subjects
     from refbus.services.eventstore import jetstream
 
     js = nc.jetstream(timeout=wait)
@@ -290,7 +321,6 @@ async def publish(nc: "NATS", ring: Keyring, wait: float = 5.0) -> int:
 
 async def published(nc: "NATS", wait: float = 5.0) -> list[KeyRecord]:
     """Every key record in the bus, oldest first."""
-    from refbus.contracts import subjects
     from refbus.services.eventstore.jetstream import BatchedDirectGet
 
     try:

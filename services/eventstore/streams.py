@@ -143,6 +143,28 @@ def webhooks_bucket_config(replicas: int = 1) -> KeyValueConfig:
     )
 
 
+def child_keys_config(replicas: int = 1) -> StreamConfig:
+    # The children's wrapped data keys (services/privacy/keystore.py), outside the log: a KV bucket
+    # (nats-py binds to it by name) with history 1 that refuses a second write to a key and any rollup,
+    # so no sector can overwrite or purge a key; only the admin's message-delete API erases one.
+    return StreamConfig(
+        name=subjects.CHILD_KEYS_STREAM,
+        description="refbus: each child's data keys, wrapped for each reader (erased by refbus erase)",
+        subjects=[subjects.CHILD_KEYS_SUBJECTS],
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        max_msgs_per_subject=1,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        allow_rollup_hdrs=False,
+        deny_delete=False,
+        deny_purge=True,
+        allow_direct=True,
+        max_msg_size=1024,
+        num_replicas=replicas,
+    )
+
+
 async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1, wait: float = 60.0) -> None:
     """Create the streams that do not exist yet; leave existing ones exactly as they are.
     On a cluster still forming (no quorum, too few peers), retry for up to `wait` seconds."""
@@ -155,6 +177,7 @@ async def provision(js: JetStreamContext, replicas: int = 1, max_bytes: int = -1
         seals_config(replicas),
         keys_config(replicas),
         access_config(replicas),
+        child_keys_config(replicas),
     ):
         while True:
             try:

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from refbus.contracts import commands as c
+from refbus.contracts.content import ContentView, SealedContent
 from refbus.contracts.events import (
     BasicServiceDelivered,
     CaseOpened,
@@ -41,6 +42,7 @@ from refbus.contracts.events import (
 from refbus.contracts.vocabulary import Sector, Status
 from refbus.services.eventstore.records import ConcurrencyConflict, EventIdTaken, LogFull
 from refbus.services.eventstore.store import EventStore
+from refbus.services.privacy.content import ContentKeys, KeysUnavailable, NoContentKey
 from refbus.services.rules.decisions import consent_withdrawal
 from refbus.services.rules.lifecycle import IllegalEvent
 from refbus.services.rules.state import ChildState
@@ -100,11 +102,15 @@ class Gateway:
         store: EventStore,
         id_key: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        content: ContentKeys | None = None,
     ) -> None:
+        """`content`: this sector's content keys, to seal a referral's content and open what it is
+        given (services/privacy); without them a referral with content is refused."""
         self.sector = sector
         self.store = store
         self.id_key = id_key
         self.clock = clock
+        self.content = content
         # The children this gateway wrote last, as it left them: the first attempt of the next command
         # decides on that state instead of reading the child (a stale one costs a conflict and a read:
         # the append's expected sequence protects it). A child it does not know is tried as new.
@@ -141,6 +147,9 @@ class Gateway:
             return refusal(409, "conflict", "the child changed under concurrent writers; retry with the same key")
         except LogFull:
             return refusal(503, "unavailable", "the log is full; an operator must raise its limit")
+        except (KeysUnavailable, NoContentKey) as exc:
+            log.warning("content_keys_unavailable", error=str(exc))
+            return refusal(503, "unavailable", "the content could not be sealed; retry with the same key")
         except (TimeoutError, OSError) as exc:
             log.warning("command_unavailable", error=repr(exc))
             return refusal(503, "unavailable", "the log could not be reached; retry with the same key")
@@ -148,21 +157,24 @@ class Gateway:
     async def _execute(self, command: c.Command) -> c.Applied | c.Refusal:
         event_id = command_id(self.id_key, self.sector, command.idempotency_key, "event")
         built: list[Event] = []
-
-        def decide(state: ChildState) -> list[Event]:
-            built.clear()
-            if event_id in state.event_ids:
-                raise _AlreadyStored(event_id)
-            built.append(self.event_for(command, event_id, state))
-            if isinstance(built[0], ConsentWithdrawn):  # with the cancellations of what relied on it
-                return consent_withdrawal(self.id_key, state, built[0])
-            return list(built)
-
         # The store's kept state, or a guess that the child is new: either may be behind the log,
         # which the append's sequence check catches (a conflict, then a fresh read).
         remembered: ChildState | None = (
             self.store.kept(command.child) or ChildState(child=command.child, events_folded=0)
         )
+        sealed = None
+        if isinstance(command, c.Refer) and command.content is not None and event_id not in remembered.event_ids:
+            sealed = await self._seal(command, event_id)
+
+        def decide(state: ChildState) -> list[Event]:
+            built.clear()
+            if event_id in state.event_ids:
+                raise _AlreadyStored(event_id)
+            built.append(self.event_for(command, event_id, state, sealed=sealed))
+            if isinstance(built[0], ConsentWithdrawn):  # with the cancellations of what relied on it
+                return consent_withdrawal(self.id_key, state, built[0])
+            return list(built)
+
         while True:
             try:
                 done = await self.store.transact(command.child, decide, state=remembered)
@@ -177,19 +189,38 @@ class Gateway:
         if not done.stored:  # the event was in the state given to decide after all
             return await self._first_answer(command, event_id)
         event = built[0]
+        content = ContentView(state="clear", content=command.content) if sealed is not None else None
         return c.Applied(
-            status=201, seq=done.stored[0], event_id=event.event_id, referral_id=_referral_of(event), event=event
+            status=201, seq=done.stored[0], event_id=event.event_id, referral_id=_referral_of(event), event=event,
+            content=content,
         )
+
+    async def _seal(self, command: c.Refer, event_id: UUID) -> SealedContent:
+        if self.content is None:
+            raise NoContentKey(f"the {self.sector.value} gateway has no content keys")
+        if command.to_sector == self.sector:
+            raise _Refused(refusal(409, "illegal_transition", "refused: a referral goes to another sector",
+                                   rule="a referral goes to another sector"))
+        assert command.content is not None
+        referral_id = command_id(self.id_key, self.sector, command.idempotency_key, "referral")
+        return await self.content.seal(command.content, child=command.child, referral_id=referral_id,
+                                       event_id=event_id, from_sector=self.sector, to_sector=command.to_sector)
+
+    async def view(self, event: Event) -> ContentView | None:
+        """`event`'s content as this sector reads it (None: no content, or no content keys here)."""
+        return None if self.content is None else await self.content.open(event)
 
     async def _first_answer(self, command: c.Command, event_id: UUID) -> c.Applied | c.Refusal:
         for stored in reversed(await self.store.history(command.child, paged=False)):
             event = stored.event
             if event is None or event.event_id != event_id:
                 continue
-            if not self._same_command(command, event):
+            view = await self.view(event)
+            if not self._same_command(command, event) or not _same_content(command, event, view):
                 return refusal(409, "idempotency_key_reused", "this idempotency key was used for another command")
             return c.Applied(
-                status=200, seq=stored.seq, event_id=event_id, referral_id=_referral_of(event), event=event  # type: ignore[arg-type]
+                status=200, seq=stored.seq, event_id=event_id, referral_id=_referral_of(event), event=event,  # type: ignore[arg-type]
+                content=view,
             )
         return refusal(409, "conflict", "the first attempt's event is not readable yet; retry with the same key")
 
@@ -210,10 +241,14 @@ class Gateway:
         except (_Refused, IllegalEvent):
             return False
         again = msgspec.structs.replace(again, occurred_at=stored.occurred_at, correlation_id=stored.correlation_id)
+        if isinstance(again, ReferralRequested) and isinstance(stored, ReferralRequested):
+            again = msgspec.structs.replace(again, sealed=stored.sealed)  # compared opened (_same_content)
         return again == stored
 
-    def event_for(self, command: c.Command, event_id: UUID, state: ChildState, check_state: bool = True) -> Event:
-        """The event `command` states, as this sector, given the child's state."""
+    def event_for(self, command: c.Command, event_id: UUID, state: ChildState, check_state: bool = True,
+                  sealed: SealedContent | None = None) -> Event:
+        """The event `command` states, as this sector, given the child's state (`sealed`: a
+        referral's content, sealed for this event)."""
         now = command.occurred_at or self.clock()
         key = command.idempotency_key
         base = {
@@ -248,6 +283,7 @@ class Gateway:
                     urgency=command.urgency,
                     legal_basis=command.legal_basis,
                     respond_by=command.respond_by,
+                    sealed=sealed,
                 )
             case c.ReferralCommand():
                 referral = state.referrals.get(command.referral_id)
@@ -275,6 +311,16 @@ class Gateway:
 
 def _kind_name(command: c.Command) -> str:
     return next(k for k, t in c.COMMANDS.items() if t is type(command))
+
+
+def _same_content(command: c.Command, stored: Event, view: ContentView | None) -> bool:
+    """Does a retried refer carry the content the stored referral sealed? (Erased or unreadable
+    content cannot be compared: the retry is answered with what the log holds.)"""
+    if not isinstance(command, c.Refer) or not isinstance(stored, ReferralRequested):
+        return True
+    if (command.content is None) != (stored.sealed is None):
+        return False
+    return view is None or view.state != "clear" or view.content == command.content
 
 
 def _referral_of(event: Event) -> UUID | None:

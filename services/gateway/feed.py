@@ -5,20 +5,31 @@ sequence, so a client resumes exactly where it stopped, across restarts of eithe
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.commands import Delivered, Feed
+from refbus.contracts.content import ContentView
+from refbus.contracts.events import Event
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore import jetstream
 
+Opener = Callable[[Event], Awaitable[ContentView | None]]
+"A referral's content as the reading sector may see it (Gateway.view); None: no content."
+
+
+async def no_content(event: Event) -> ContentView | None:
+    return None
+
 
 class FeedReader:
-    def __init__(self, nc: NATS, timeout: float = 5.0, poll_s: float = 0.2) -> None:
+    def __init__(self, nc: NATS, timeout: float = 5.0, poll_s: float = 0.2, opener: Opener = no_content) -> None:
         self.gets = jetstream.BatchedDirectGet(nc)
         self.timeout = timeout
         self.poll_s = poll_s
+        self.opener = opener
 
     async def __call__(self, sector: Sector, after: int, limit: int, wait: float) -> Feed:
         deadline = asyncio.get_running_loop().time() + wait
@@ -33,9 +44,10 @@ class FeedReader:
                 seq = jetstream.stored_sequence(msg)
                 newest = max(newest, seq)
                 try:
-                    events.append(Delivered(seq=seq, event=codec.decode_on(jetstream.stored_subject(msg), msg.data)))
+                    event = codec.decode_on(jetstream.stored_subject(msg), msg.data)
                 except codec.UndecodableEvent:
                     continue  # set aside by the sector's inbox; the cursor moves past it
+                events.append(Delivered(seq=seq, event=event, content=await self.opener(event)))
             if page.messages or asyncio.get_running_loop().time() >= deadline:
                 return Feed(events=events, next_after=newest)
             await asyncio.sleep(self.poll_s)

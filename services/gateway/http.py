@@ -336,6 +336,13 @@ Events addressed to a sector reach its system by webhook (Standard Webhooks sign
 webhook-id, webhook-timestamp, webhook-signature = v1,base64(HMAC-SHA256(secret, id.timestamp.body))),
 to the URL it registers with PUT /v1/{sector}/webhook (which answers the secret); or by polling
 GET /v1/{sector}/events with the last sequence seen; or as server-sent events, GET /v1/{sector}/events/stream.
+
+Referral content (the child's name, date of birth, guardian's contact, address, a note) goes in the refer
+command's `content`, in clear; the gateway seals it before anything is stored, and the log holds only
+ciphertext (`event.sealed`). It comes back in clear only to the two sectors: in the refer answer's
+`content`, the feed's and stream's `Delivered.content`, and a webhook body's `content` member (the event's
+JSON with that one member more). A ContentView's `state` is `clear`, `erased` (the child's keys were
+destroyed: the content is gone for everyone, the event stays) or `withheld` (not a party).
 """
 
 STREAM_DESCRIPTION = """\

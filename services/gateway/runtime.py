@@ -11,6 +11,7 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from refbus.contracts.vocabulary import Sector
+from refbus.services.audit.keys import Keyring
 from refbus.services.eventstore.store import EventStore
 from refbus.services.gateway.config import GatewayConfig
 from refbus.services.gateway.core import Gateway
@@ -19,6 +20,7 @@ from refbus.services.gateway.http import gateway_app
 from refbus.services.gateway.registration import KvRecords, WebhookControl
 from refbus.services.gateway.requests import CommandResponder
 from refbus.services.gateway.webhooks import WebhookDelivery
+from refbus.services.privacy.content import ContentKeys
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +35,12 @@ class GatewayRuntime:
     http: uvicorn.Server | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def start(self, nc: NATS, store: EventStore, id_key: bytes, ack_wait: float = 30.0) -> None:
-        self.gateway = Gateway(self.sector, store, id_key)
+    async def start(
+        self, nc: NATS, store: EventStore, id_key: bytes, ack_wait: float = 30.0, ring: Keyring | None = None
+    ) -> None:
+        """`ring`: the sector's keys, its content key among them (without it, content is refused)."""
+        content = ContentKeys(nc, ring, self.sector) if ring is not None else None
+        self.gateway = Gateway(self.sector, store, id_key, content=content)
         if self.config.nats_commands:
             self.responder = CommandResponder(nc, self.gateway)
             await self.responder.start()
@@ -42,7 +48,7 @@ class GatewayRuntime:
             self.webhook = self._webhook_control(nc, ack_wait)
         if self.config.http_port is not None:
             app = gateway_app(
-                {self.sector: self.gateway}, self.config.tokens, FeedReader(nc),
+                {self.sector: self.gateway}, self.config.tokens, FeedReader(nc, opener=self.gateway.view),
                 heartbeat_s=self.config.stream_heartbeat_s,
                 webhooks={self.sector: self.webhook} if self.webhook else {},
             )
@@ -64,11 +70,13 @@ class GatewayRuntime:
             await self.webhook.start()
 
     def _webhook_control(self, nc: NATS, ack_wait: float) -> WebhookControl:
+        assert self.gateway is not None
+        opener = self.gateway.view
         started: list[WebhookDelivery] = []
 
         async def deliver(url: str, secret: str) -> WebhookDelivery:
             delivery = WebhookDelivery(
-                nc, self.sector, url, secret,
+                nc, self.sector, url, secret, opener=opener,
                 retry_max_s=self.config.retry_max_s, timeout_s=self.config.webhook_timeout_s, ack_wait=ack_wait,
             )
             # Only this process's first delivery may follow a crash; later ones follow our own

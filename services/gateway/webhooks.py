@@ -12,7 +12,9 @@ repeat. Why not one at a time, in log order: docs/decisions/0018-webhooks-in-ord
 Each request is signed as Standard Webhooks sign: headers `webhook-id` (the event id),
 `webhook-timestamp` (Unix seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of
 `<id>.<timestamp>.<body>` keyed with the base64-decoded part of the sector's `whsec_` secret). The
-body is the event's JSON exactly as stored; `refbus-seq` carries its log sequence.
+body is the event's JSON exactly as stored; `refbus-seq` carries its log sequence. A referral with
+sealed content gets one member more, `content` (a ContentView: in clear for this sector, or `erased`),
+the only way its content leaves the bus in clear (docs/decisions/0021-sealed-content.md).
 """
 
 import asyncio
@@ -20,6 +22,7 @@ import contextlib
 import time
 
 import aiohttp
+import msgspec
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -30,6 +33,7 @@ from refbus.contracts.events import AnyEvent, event_type
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore import jetstream
 from refbus.services.gateway import credentials, metrics
+from refbus.services.gateway.feed import Opener, no_content
 from refbus.services.sector.inbox import Inbox, ensure_consumer
 
 log = structlog.get_logger(__name__)
@@ -73,8 +77,10 @@ class WebhookDelivery:
         retry_max_s: float = 30.0,
         timeout_s: float = 10.0,
         ack_wait: float = 30.0,
+        opener: Opener = no_content,
     ) -> None:
         self.nc = nc
+        self.opener = opener
         self.sector = sector
         self.url = url
         self.secret = secret
@@ -167,6 +173,23 @@ class WebhookDelivery:
         if self._stopping:
             await self._give_back(msg)
             return
+        body = msg.data
+        while True:
+            try:
+                view = await self.opener(event)
+                break
+            except OSError as exc:  # the keys could not be read: tried again in a moment, in turn
+                log.warning("webhook_content_unavailable", seq=seq, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._stopped.wait()
+                if self._stopping:
+                    await self._give_back(msg)
+                    return
+        if view is not None:
+            with_content = msgspec.json.decode(msg.data)
+            with_content["content"] = view
+            body = msgspec.json.encode(with_content)
         headers = {
             "content-type": "application/json",
             "webhook-id": str(event.event_id),
@@ -178,12 +201,12 @@ class WebhookDelivery:
         while True:
             timestamp = int(time.time())
             headers["webhook-timestamp"] = str(timestamp)
-            headers["webhook-signature"] = credentials.sign(self.secret, str(event.event_id), timestamp, msg.data)
+            headers["webhook-signature"] = credentials.sign(self.secret, str(event.event_id), timestamp, body)
             status: int | None = None
             error: Exception | None = None
             try:
                 assert self.client is not None
-                async with self.client.post(self.url, data=msg.data, headers=headers) as response:
+                async with self.client.post(self.url, data=body, headers=headers) as response:
                     status = response.status
                     await response.read()
                 if 200 <= status < 300:

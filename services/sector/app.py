@@ -40,7 +40,8 @@ def sector_app(
     gateways: list[GatewayRuntime] = []
 
     async def start_inbox(nc: NATS) -> None:
-        store = instrument.event_store(nc, ring=settings.service_keyring(sector.value))  # counts what it appends
+        ring = settings.service_keyring(sector.value)
+        store = instrument.event_store(nc, ring=ring)  # counts what it appends
         service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))
@@ -56,7 +57,7 @@ def sector_app(
         log.info("sector_service_started", sector=sector.value, consumer=service.consumer_name)
         config = gateway or GatewayConfig.from_env(sector, settings.data_dir)
         gateways.append(GatewayRuntime(sector, config))
-        await gateways[0].start(nc, service.store, service.id_key, settings.ack_wait)
+        await gateways[0].start(nc, service.store, service.id_key, settings.ack_wait, ring=ring)
 
     async def stop_inbox() -> None:
         for sampler in samplers:

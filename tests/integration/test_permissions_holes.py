@@ -296,6 +296,12 @@ _SECTOR = {
     ("pub", "$KV.REFBUS_WEBHOOKS.{s}"): "store its system's webhook registration, its own key only",
     ("pub", "$JS.API.DIRECT.GET.KV_REFBUS_WEBHOOKS.$KV.REFBUS_WEBHOOKS.{s}"):
         "read its own registration (direct get by subject: no other key)",
+    # sealed content (services/privacy): a referral's data key wrapped for both parties and the auditors
+    ("pub", "$JS.API.STREAM.INFO.KV_REFBUS_CHILD_KEYS"): "open the child-keys bucket (nats-py reads its config)",
+    ("pub", "$KV.REFBUS_CHILD_KEYS.*.*.*"): "store the wraps of a referral it seals, for the receiver and auditors too "
+        "(write-once: the bucket refuses an overwrite and a purge; each wrap opens only with its reader's key)",
+    ("pub", "$JS.API.DIRECT.GET.KV_REFBUS_CHILD_KEYS.$KV.REFBUS_CHILD_KEYS.*.{s}.*"):
+        "read its own wraps only (direct get by subject)",
 }
 _SYSTEM = {
     ("pub", "refbus.cmd.{s}.*"): "send commands to its own sector's gateway, nothing else (no stream access)",

@@ -68,7 +68,8 @@ def test_services_in_separate_data_dirs_provisioned_from_one_output_verify(tmp_p
     out = tmp_path / "provisioned"
     made = refbus("keys", "--out", str(out), env=_env(tmp_path / "key-master"))
     assert made.code == 0, made.err
-    assert sorted(p.name for p in (out / "health" / "keys").iterdir()) == ["health.key", "public-keys.json"]
+    assert sorted(p.name for p in (out / "health" / "keys").iterdir()) == ["content-health.key", "health.key",
+                                                                          "public-keys.json"]
     assert not (out / "pager" / "event-id.key").exists()  # the pager derives no event ids
     # The two containers derive event ids with one key: the deployment's.
     assert (out / "social" / "event-id.key").read_text() == (out / "health" / "event-id.key").read_text()

@@ -26,7 +26,7 @@ def test_round_trip(event) -> None:
 
 def test_every_event_type_has_a_distinct_tag_and_version() -> None:
     tags = [cls.__struct_config__.tag for cls in ALL_EVENT_TYPES]
-    assert len(set(tags)) == len(tags) == 18
+    assert len(set(tags)) == len(tags) == 19
     assert set(codec.CURRENT_VERSION) == set(tags)
 
 

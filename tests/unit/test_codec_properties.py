@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refbus.contracts import codec, subjects
+from refbus.contracts.content import SEALED_MAX, SealedContent
 from refbus.contracts.events import ALL_EVENT_TYPES, Event
 from refbus.contracts.vocabulary import Sector
 
@@ -70,6 +71,13 @@ BY_NAME: dict[str, st.SearchStrategy[Any]] = {
     "due_at": times,
     "to_sector": st.none() | st.sampled_from(Sector),
     "causation_id": st.none() | st.uuids(),
+    "sealed": st.none() | st.builds(
+        SealedContent, key_id=st.text(hexes, min_size=16, max_size=16), nonce=st.binary(min_size=12, max_size=12),
+        ciphertext=st.binary(min_size=16, max_size=SEALED_MAX),
+    ),
+    "reason": st.text(min_size=1, max_size=500),
+    "erased_by": st.text(min_size=1, max_size=100),
+    "keys_destroyed": st.integers(min_value=0, max_value=2**31),
 }
 BY_NAME["linked_from"] = BY_NAME["linked_to"] = BY_NAME["child"]
 

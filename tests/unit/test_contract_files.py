@@ -28,7 +28,7 @@ def test_a_foreign_system_can_validate_events_from_the_schema_file_alone() -> No
 def test_asyncapi_names_every_event_and_the_append_headers() -> None:
     doc = json.loads((documents.SCHEMA_DIR / "asyncapi.json").read_text())
     assert doc["asyncapi"] == "3.0.0"
-    assert len(doc["channels"]["events"]["messages"]) == 18
+    assert len(doc["channels"]["events"]["messages"]) == 19
     assert len(doc["channels"]["commands"]["messages"]) == 15  # the gateway's commands (NATS request/reply)
     required = doc["components"]["schemas"]["AppendHeaders"]["required"]
     assert "Nats-Expected-Last-Subject-Sequence-Subject" in required
