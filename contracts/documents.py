@@ -54,11 +54,17 @@ _FORMAT_MAX_LENGTH = {"uuid": 36, "date-time": 40}
 
 
 def _bounded(node: Any) -> Any:
-    """`node` with a maxLength on every string of a bounded format that lacks one."""
+    """`node` with a maxLength on every string of a bounded format that lacks one, and each event's
+    schema_version bounded by the versions a reader decodes (1 to its current one: a newer one is set
+    aside, and an older one is upcast from 1 on); unbounded, the schema admitted events the decoder refuses."""
     if isinstance(node, dict):
         node = {key: _bounded(value) for key, value in node.items()}
         if node.get("format") in _FORMAT_MAX_LENGTH:
             node.setdefault("maxLength", _FORMAT_MAX_LENGTH[node["format"]])
+        tag = node.get("properties", {}).get("type", {}).get("enum", [None])[0]
+        if tag in codec.CURRENT_VERSION and "schema_version" in node["properties"]:
+            node["properties"]["schema_version"] = {**node["properties"]["schema_version"], "minimum": 1,
+                                                    "maximum": codec.CURRENT_VERSION[tag]}
         return node
     if isinstance(node, list):
         return [_bounded(value) for value in node]
