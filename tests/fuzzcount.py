@@ -11,8 +11,8 @@ from pathlib import Path
 CASES: Counter[tuple[str, str]] = Counter()
 
 
-def ran(suite: str, outcome: str) -> None:
-    CASES[(suite, outcome)] += 1
+def ran(suite: str, outcome: str, cases: int = 1) -> None:
+    CASES[(suite, outcome)] += cases
 
 
 def summary() -> list[str]:
