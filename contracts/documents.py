@@ -51,14 +51,25 @@ BOUNDS = (
 
 # msgspec writes UUIDs and times as formats, which validators need not check: bounded here too.
 _FORMAT_MAX_LENGTH = {"uuid": 36, "date-time": 40}
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 def _bounded(node: Any) -> Any:
-    """`node` with a maxLength on every string of a bounded format that lacks one."""
+    """`node` with a maxLength on every string of a bounded format that lacks one, and each event's
+    schema_version bounded by the versions a reader decodes (1 to its current one: a newer one is set
+    aside, and an older one is upcast from 1 on); unbounded, the schema admitted events the decoder refuses."""
     if isinstance(node, dict):
         node = {key: _bounded(value) for key, value in node.items()}
         if node.get("format") in _FORMAT_MAX_LENGTH:
             node.setdefault("maxLength", _FORMAT_MAX_LENGTH[node["format"]])
+        if node.get("contentEncoding") == "base64":  # the decoder takes canonical base64 only
+            fixed = node.get("minLength") is not None and node.get("minLength") == node.get("maxLength")
+            # A fixed length of whole 3-byte groups (the nonce) has no padding; others may.
+            node.setdefault("pattern", f"^[A-Za-z0-9+/]{{{node['minLength']}}}$" if fixed else _BASE64)
+        tag = node.get("properties", {}).get("type", {}).get("enum", [None])[0]
+        if tag in codec.CURRENT_VERSION and "schema_version" in node["properties"]:
+            node["properties"]["schema_version"] = {**node["properties"]["schema_version"], "minimum": 1,
+                                                    "maximum": codec.CURRENT_VERSION[tag]}
         return node
     if isinstance(node, list):
         return [_bounded(value) for value in node]

@@ -78,6 +78,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
 
 
 class ReferralEvent(Event, frozen=True, kw_only=True):
+    to_sector: Sector
+    "Every referral event is addressed: to the other party, or to the sector itself for a deadline notice."
     referral_id: UUID
 
 

@@ -15,6 +15,7 @@ from refbus.services.eventstore import streams
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.runtime.bus import connect
 from refbus.services.runtime.embedded import EmbeddedNats
+from tests import fuzzcount
 from tests.factories import new_child
 
 
@@ -97,3 +98,14 @@ async def own_log(own_server: EmbeddedNats) -> AsyncIterator[JetStreamEventStore
     await streams.provision(nc.jetstream())
     yield JetStreamEventStore(nc, timeout=2.0)
     await nc.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The fuzz suites' case counts (tests/fuzzcount.py), when any ran."""
+    if not fuzzcount.CASES:
+        return
+    terminalreporter.section("fuzz cases run")
+    for line in fuzzcount.summary():
+        terminalreporter.write_line(line)
+    written = fuzzcount.write(Path(str(config.rootpath)) / ".pytest_cache")
+    terminalreporter.write_line(f"written to {written}")

@@ -262,16 +262,22 @@ class EventStore(ABC):
 
 
 def _fold(state: ChildState, seq: int, event: Event | None, link: proof.Link | None) -> None:
-    """One stored event into a state folded from the log: checked against the rules on the way
-    (an event a raw writer slipped in is noted, not refused: the log holds it)."""
+    """One stored event into a state folded from the log: checked against the rules on the way. An
+    event a raw writer slipped in (illegal there, or a replay of one the child has) is noted, not
+    refused (the log holds it), and not folded: the services decide on the legal history alone
+    (docs/decisions/0022-fold-only-legal-events.md)."""
     if event is not None:
         try:
+            if lifecycle.is_duplicate(state, event):
+                raise lifecycle.IllegalEvent(event, f"event {event.event_id} is already in the log")
             lifecycle.check(state, event)
         except lifecycle.IllegalEvent as exc:
             state.illegal[seq] = exc.reason
+            event = None
+    if event is not None:
         apply(state, event, seq)
     else:
-        state.last_seq = seq  # unreadable, but the next append must still expect it
+        state.last_seq = seq  # unreadable or not folded, but the next append must still expect it
         if state.events_folded is not None:
             state.events_folded += 1
     if link is not None and link.pos > state.chain_pos:

@@ -142,7 +142,11 @@ class Gateway:
             return exc.refusal
         except IllegalEvent as exc:
             return refusal(409, "illegal_transition", f"refused: {exc.reason}", rule=exc.reason)
-        except (ConcurrencyConflict, EventIdTaken) as exc:
+        except EventIdTaken:
+            # The key makes the event id, and the log holds another event under it (another child's):
+            # a retry with this key can never succeed.
+            return refusal(409, "idempotency_key_reused", "this idempotency key was used for another command")
+        except ConcurrencyConflict as exc:
             log.info("command_conflict", error=str(exc))
             return refusal(409, "conflict", "the child changed under concurrent writers; retry with the same key")
         except LogFull:

@@ -180,7 +180,8 @@ async def test_an_illegal_event_slipped_in_by_a_raw_writer_is_set_aside_by_its_r
     assert "refused" in str(letter["reason"]) and "cancelled" in str(letter["reason"])
     report = await audit_replay(eventlog.replay(), now=req.occurred_at)
     assert any(f.kind == "illegal" and f.seq == ack.seq for f in report.findings)
-    assert (await eventlog.load(child)).referrals[req.referral_id].status in (Status.CANCELLED, Status.ACCEPTED)
+    # The services decide on the legal history: the slipped-in acceptance is not folded (decision 0019).
+    assert (await eventlog.load(child)).referrals[req.referral_id].status is Status.CANCELLED
 
 
 def test_a_guessable_id_is_not_what_the_services_mint() -> None:
