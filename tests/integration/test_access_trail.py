@@ -12,11 +12,18 @@ import pytest
 from fhirclient.models.bundle import Bundle
 
 from refbus.contracts import subjects
+from refbus.services.eventstore import streams
 from refbus.services.runtime.bus import connect
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child
 
 pytestmark = pytest.mark.integration
+
+
+async def _provisioned(url: str) -> None:
+    nc = await connect(url, "provision")
+    await streams.provision(nc.jetstream())
+    await nc.drain()
 
 
 def test_reads_are_recorded_refused_without_purpose_and_verified(tmp_path: Path, own_server: EmbeddedNats) -> None:
@@ -26,6 +33,7 @@ def test_reads_are_recorded_refused_without_purpose_and_verified(tmp_path: Path,
         return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120,
                               env={"PATH": "/usr/bin:/bin", "REFBUS_USER": "w1234abcd"})
 
+    asyncio.run(_provisioned(own_server.url))  # on a bus given by URL only an admin's command provisions
     child = new_child()
     assert run("refer", "--child", child, "--from", "social", "--to", "health", "--service", "vaccination",
                "--dimension", "health").returncode == 0

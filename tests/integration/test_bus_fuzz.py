@@ -86,8 +86,10 @@ async def bus(server: EmbeddedNats) -> AsyncIterator[Bus]:
     await streams.provision(admin.jetstream())
     social = await secured.connect_as(server, "social")
     policies = {Sector.SOCIAL: ScriptedPolicy([]), Sector.HEALTH: ScriptedPolicy([])}
-    async with running(secured.url_for(server, "health"), {Sector.HEALTH: policies[Sector.HEALTH]}), \
-            running(secured.url_for(server, "social"), {Sector.SOCIAL: policies[Sector.SOCIAL]}):
+    as_health = {"nats_seed_file": secured.seed_file(server, "health")}
+    as_social = {"nats_seed_file": secured.seed_file(server, "social")}
+    async with running(server.url, {Sector.HEALTH: policies[Sector.HEALTH]}, **as_health), \
+            running(server.url, {Sector.SOCIAL: policies[Sector.SOCIAL]}, **as_social):
         found = Bus()
         found.admin, found.social, found.child = admin, JetStreamEventStore(social), new_child()
         found.referral = request(found.child, Sector.SOCIAL, Sector.HEALTH)
