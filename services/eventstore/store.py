@@ -10,7 +10,7 @@ receipts and bulk import all write through it. Two stores implement the rest: `J
 import asyncio
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import structlog
 
@@ -65,22 +65,11 @@ class EventStore(ABC):
             if state is None:
                 state = await self.load(child, min_seq=min_seq)
             expected = state.last_seq
-            events: list[Event] = []
-            duplicates = 0
-            for event in decide(state):
-                if lifecycle.is_duplicate(state, event):
-                    duplicates += 1
-                    continue
-                lifecycle.check(state, event)
-                apply(state, event)  # tentatively: the next event is checked against it
-                events.append(event)
-            lifecycle.check_append(state, events)  # a consent withdrawal cancels what relied on it, here
+            events, duplicates = _checked(state, decide(state))
             if not events:
                 return Transacted([], state, duplicates)
             try:
-                known = state.chain_seq == expected
-                prev = proof.Link(state.chain_pos, state.chain_hash) if known else None
-                prev = await self._prev_link(child, expected, prev)
+                prev = await self._link_before(child, state, expected)
                 stored = await self.append(child, expected, events, prev)
             except ConcurrencyConflict as conflict:
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
@@ -89,12 +78,7 @@ class EventStore(ABC):
                 if attempt + 1 < attempts:
                     await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
                 continue
-            state.last_seq = max(state.last_seq, stored[-1])
-            link = prev
-            for event in events:
-                link = proof.next_link(link, codec.encode(event))
-            state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, stored[-1]
-            self._remember(state.copy())
+            self._appended(state, prev, events, stored)
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
@@ -111,47 +95,48 @@ class EventStore(ABC):
         for attempt in range(attempts):
             states = {child: await self.load(child) for child in children}
             expected = {child: state.last_seq for child, state in states.items()}
-            decided: dict[str, list[Event]] = {child: [] for child in children}
-            duplicates = dict.fromkeys(children, 0)
+            by_child: dict[str, list[Event]] = {child: [] for child in children}
             for event in decide(states):
-                state = states.get(event.child)
-                if state is None:
+                if event.child not in by_child:
                     raise ValueError(f"decide gave an event of {event.child}, not of {list(children)}")
-                if lifecycle.is_duplicate(state, event):
-                    duplicates[event.child] += 1
-                    continue
-                lifecycle.check(state, event)
-                apply(state, event)
-                decided[event.child].append(event)
-            for child, events in decided.items():
-                lifecycle.check_append(states[child], events)
-            parts = [(child, events) for child, events in decided.items() if events]
+                by_child[event.child].append(event)
+            checked = {child: _checked(states[child], by_child[child]) for child in children}
+            parts = [(child, events) for child, (events, _) in checked.items() if events]
             if not parts:
-                return [Transacted([], states[child], duplicates[child]) for child in children]
+                return [Transacted([], states[child], checked[child][1]) for child in children]
             try:
-                units: list[Unit] = []
-                for child, events in parts:
-                    state = states[child]
-                    fresh = state.chain_seq == expected[child]
-                    known = proof.Link(state.chain_pos, state.chain_hash) if fresh else None
-                    units.append((child, expected[child], events, await self._prev_link(child, expected[child], known)))
+                units: list[Unit] = [
+                    (child, expected[child], events, await self._link_before(child, states[child], expected[child]))
+                    for child, events in parts
+                ]
                 stored = await self.append_together(units)
             except ConcurrencyConflict as conflict:
                 log.info("append_conflict", children=list(children), attempt=attempt, expected=conflict.expected)
                 if attempt + 1 < attempts:
                     await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
                 continue
-            results = {child: Transacted([], states[child], duplicates[child]) for child in children}
+            results = {child: Transacted([], states[child], checked[child][1]) for child in children}
             for (child, _, events, prev), seqs in zip(units, stored, strict=True):
-                state, link = states[child], prev
-                for event in events:
-                    link = proof.next_link(link, codec.encode(event))
-                state.last_seq = max(state.last_seq, seqs[-1])
-                state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, seqs[-1]
-                self._remember(state.copy())
-                results[child] = Transacted(seqs, state, duplicates[child])
+                self._appended(states[child], prev, events, seqs)
+                results[child] = Transacted(seqs, states[child], checked[child][1])
             return [results[child] for child in children]
         raise ConcurrencyConflict(",".join(children), -1, f"still conflicting after {attempts} attempts")
+
+    async def _link_before(self, child: str, state: ChildState, expected: int) -> proof.Link:
+        """The child's newest chain link, which the next append links on: the state's own when it
+        is the link of `expected`, else read."""
+        known = proof.Link(state.chain_pos, state.chain_hash) if state.chain_seq == expected else None
+        return await self._prev_link(child, expected, known)
+
+    def _appended(self, state: ChildState, prev: proof.Link, events: Sequence[Event], seqs: list[int]) -> None:
+        """`state` (which `events` were applied to) moved to their stored sequences and chain link,
+        and kept: the expected-sequence check proved nothing came between."""
+        link = prev
+        for event in events:
+            link = proof.next_link(link, codec.encode(event))
+        state.last_seq = max(state.last_seq, seqs[-1])
+        state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, seqs[-1]
+        self._remember(state.copy())
 
     # -- what each store provides ----------------------------------------------------------------
 
@@ -259,6 +244,22 @@ class EventStore(ABC):
         self._recent.move_to_end(state.child)
         if len(self._recent) > RECENT_CHILDREN:
             self._recent.popitem(last=False)
+
+
+def _checked(state: ChildState, decided: Iterable[Event]) -> tuple[list[Event], int]:
+    """The events of `decided` the child does not have yet, each checked against the rules and
+    applied to `state` (tentatively: the next is checked against it), and how many it had."""
+    events: list[Event] = []
+    duplicates = 0
+    for event in decided:
+        if lifecycle.is_duplicate(state, event):
+            duplicates += 1
+            continue
+        lifecycle.check(state, event)
+        apply(state, event)
+        events.append(event)
+    lifecycle.check_append(state, events)  # a consent withdrawal cancels what relied on it, here
+    return events, duplicates
 
 
 def _fold(state: ChildState, seq: int, event: Event | None, link: proof.Link | None) -> None:

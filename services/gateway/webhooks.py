@@ -31,7 +31,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import AnyEvent, event_type
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore import jetstream
 from refbus.services.gateway import credentials, metrics
 from refbus.services.gateway.feed import Opener, no_content
 from refbus.services.sector.inbox import Inbox, ensure_consumer
@@ -103,23 +102,17 @@ class WebhookDelivery:
         """`after_restart`: this process has not delivered for the sector yet (what a crashed
         instance held may still be out)."""
         config = webhook_consumer(self.sector, self.ack_wait)
-        await ensure_consumer(self.nc, subjects.STREAM, config)
+        info = await ensure_consumer(self.nc, subjects.STREAM, config)
         self.client = aiohttp.ClientSession(timeout=self.timeout)
         self.inbox = Inbox(
             self.nc, subjects.STREAM, subjects.webhook_consumer(self.sector), self.handle, workers=IN_FLIGHT,
             expires=PULL_EXPIRES_S,
         )
-        if after_restart and await self._held(config):
+        if after_restart and info.num_ack_pending:
             self._late_start = asyncio.create_task(self._start_after_held(self.inbox))
         else:
             await self.inbox.start()
         log.info("webhook_delivery_started", sector=self.sector.value, consumer=config.durable_name)
-
-    async def _held(self, config: ConsumerConfig) -> int:
-        info = await jetstream.api_request(
-            self.nc, jetstream.consumer_info_subject(subjects.STREAM, config.durable_name or ""), {}, 5.0
-        )
-        return int(info.get("num_ack_pending", 0))
 
     async def _start_after_held(self, inbox: Inbox) -> None:
         """Deliveries an instance held when it died come back only after ack_wait; anything taken

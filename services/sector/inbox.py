@@ -16,23 +16,24 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, ConsumerInfo
 
 from refbus.services.eventstore import jetstream
 
 log = structlog.get_logger(__name__)
 
 
-async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig) -> None:
+async def ensure_consumer(nc: NATS, stream: str, config: ConsumerConfig) -> ConsumerInfo:
     """Create the durable consumer unless it exists (an existing one keeps its configuration and
-    its position)."""
+    its position); its info as the server gave it (a new one's: nothing delivered yet)."""
     assert config.durable_name
     try:
-        await jetstream.api_request(nc, jetstream.consumer_info_subject(stream, config.durable_name), {}, 5.0)
+        info = await jetstream.api_request(nc, jetstream.consumer_info_subject(stream, config.durable_name), {}, 5.0)
+        return ConsumerInfo.from_response(info)
     except jetstream.ApiError as exc:
         if exc.code != jetstream.CONSUMER_NOT_FOUND:
             raise
-        await jetstream.create_consumer(nc, stream, config)
+        return await jetstream.create_consumer(nc, stream, config)
 
 
 class Inbox:
