@@ -93,6 +93,15 @@ def own_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @pytest_asyncio.fixture
+async def bus(own_server: EmbeddedNats) -> AsyncIterator[str]:
+    """A server of the test's own, its streams provisioned; its URL."""
+    nc = await connect(own_server.url, "provision")
+    await streams.provision(nc.jetstream())
+    await nc.drain()
+    yield own_server.url
+
+
+@pytest_asyncio.fixture
 async def own_log(own_server: EmbeddedNats) -> AsyncIterator[JetStreamEventStore]:
     nc = await connect(own_server.url, "own-log")
     await streams.provision(nc.jetstream())

@@ -1,6 +1,9 @@
 """Helpers for the gateway's end-to-end tests: a sector system in Node, sector services with their
 gateways on a real server."""
 
+import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -13,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import litestar
 import pytest
+import uvicorn
 from faststream import FastStream
 
 from refbus.contracts.vocabulary import Sector
+from refbus.services.gateway import credentials
 from refbus.services.gateway.config import GatewayConfig
 from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime.embedded import free_port, port_open
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.app import sector_app
-from tests.services import TEST_EVENT_ID_KEY
+from tests.services import TEST_EVENT_ID_KEY, wait_for
 
 NODE_SYSTEM = Path(__file__).with_name("sector_system.js")
 TOKENS = {s: f"test-token-{s.value}-{os.urandom(8).hex()}" for s in Sector}
@@ -121,3 +127,43 @@ async def post(base: str, sector: Sector, kind: str, body: dict[str, Any]) -> ht
     async with httpx.AsyncClient(timeout=10) as client:
         headers = {"Authorization": f"Bearer {TOKENS[sector]}"}
         return await client.post(f"{base}/v1/{sector.value}/commands/{kind}", json=body, headers=headers)
+
+
+@dataclasses.dataclass
+class WebhookReceiver:
+    """A sector system's webhook endpoint (a real HTTP server): each delivery's id, sequence and
+    body, and whether its signature held under `secret` (the one current when it came)."""
+
+    port: int
+    secret: str = ""
+    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def ids(self) -> list[str]:
+        return list(dict.fromkeys(r["id"] for r in self.received))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["WebhookReceiver"]:
+        @litestar.post("/hook", status_code=204)
+        async def hook(request: litestar.Request[Any, Any, Any]) -> None:
+            body, headers = await request.body(), request.headers
+            valid = credentials.verify(
+                self.secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body,
+                headers["webhook-signature"],
+            )
+            self.received.append({"id": headers["webhook-id"], "seq": int(headers["refbus-seq"]),
+                                  "body": json.loads(body), "valid": valid})
+
+        server = uvicorn.Server(uvicorn.Config(litestar.Litestar([hook]), host="127.0.0.1", port=self.port,
+                                               log_level="error", lifespan="off"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve())
+        await wait_for(lambda: server.started, within=10)
+        try:
+            yield self
+        finally:
+            server.should_exit = True
+            await task

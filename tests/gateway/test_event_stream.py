@@ -13,28 +13,16 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-import pytest_asyncio
 
 from refbus.contracts.commands import Delivered, Feed
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore import streams
 from refbus.services.gateway import stream
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.rules.policy import SimulatedSector
-from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, new_worker, request
 from tests.gateway.systems import TOKENS, gateway_config, gateways, ports, post
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture
-async def bus(own_server: EmbeddedNats) -> AsyncIterator[str]:
-    nc = await connect(own_server.url, "provision")
-    await streams.provision(nc.jetstream())
-    await nc.drain()
-    yield own_server.url
 
 
 def refer(child: str) -> dict[str, Any]:

@@ -7,20 +7,15 @@ not 30: the same path, shorter) and a restart of the service, none lost, in orde
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore import streams
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.rules.policy import SimulatedSector
-from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, new_worker
 from tests.gateway.systems import TOKENS, NodeSystem, gateway_config, gateways, needs_node, ports, post
 from tests.services import wait_for
@@ -28,14 +23,6 @@ from tests.services import wait_for
 pytestmark = [pytest.mark.integration, needs_node]
 OUTAGE_S = float(os.environ.get("REFBUS_TEST_OUTAGE_S", "5"))
 "How long the sector system is down (the issue says 30 s: REFBUS_TEST_OUTAGE_S=30 runs that)."
-
-
-@pytest_asyncio.fixture
-async def bus(own_server: EmbeddedNats) -> AsyncIterator[str]:
-    nc = await connect(own_server.url, "provision")
-    await streams.provision(nc.jetstream())
-    await nc.drain()
-    yield own_server.url
 
 
 def refer(child: str, to: Sector = Sector.HEALTH) -> dict[str, Any]:

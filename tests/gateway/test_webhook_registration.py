@@ -5,19 +5,15 @@ none lost; the registration survives a restart of the service; the secret is not
 asked; a URL that is not http(s) is a clear 422; another sector's token is refused."""
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
-import uvicorn
-from litestar import Litestar, Request, post
 
 from refbus.contracts.commands import WebhookRecord
 from refbus.contracts.vocabulary import Sector
@@ -26,10 +22,9 @@ from refbus.services.gateway import credentials
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.gateway.registration import KvRecords, RegistrationUnavailable
 from refbus.services.rules.policy import SimulatedSector
-from refbus.services.runtime.bus import connect
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, new_worker
-from tests.gateway.systems import TOKENS, gateway_config, gateways, ports
+from tests.gateway.systems import TOKENS, WebhookReceiver, gateway_config, gateways, ports
 from tests.gateway.systems import post as command
 from tests.integration import secured
 from tests.services import wait_for
@@ -37,51 +32,6 @@ from tests.services import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest_asyncio.fixture
-async def bus(own_server: EmbeddedNats) -> AsyncIterator[str]:
-    nc = await connect(own_server.url, "provision")
-    await streams.provision(nc.jetstream())
-    await nc.drain()
-    yield own_server.url
-
-
-@dataclasses.dataclass
-class Receiver:
-    """A sector system's webhook endpoint: what it received, and whether each signature held."""
-
-    port: int
-    secret: str = ""
-    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    def ids(self) -> list[str]:
-        return list(dict.fromkeys(r["id"] for r in self.received))
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["Receiver"]:
-        @post("/hook", status_code=204)
-        async def hook(request: Request[Any, Any, Any]) -> None:
-            body = await request.body()
-            headers = request.headers
-            valid = credentials.verify(
-                self.secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body,
-                headers["webhook-signature"],
-            )
-            self.received.append({"id": headers["webhook-id"], "seq": int(headers["refbus-seq"]), "valid": valid})
-
-        server = uvicorn.Server(uvicorn.Config(Litestar([hook]), host="127.0.0.1", port=self.port, log_level="error",
-                                               lifespan="off"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        await wait_for(lambda: server.started, within=10)
-        try:
-            yield self
-        finally:
-            server.should_exit = True
-            await task
 
 
 def refer(child: str) -> dict[str, Any]:
@@ -110,7 +60,7 @@ async def test_a_system_registers_unregisters_and_registers_again_without_loss(b
         for _ in range(n):
             sent.append((await command(social, Sector.SOCIAL, "refer", refer(new_child()))).json()["event_id"])
 
-    receiver = Receiver(hook_port)
+    receiver = WebhookReceiver(hook_port)
     async with (
         gateways(bus, {Sector.SOCIAL: SimulatedSector(Sector.SOCIAL)}, configs, tmp_path),
         receiver.running(),
@@ -175,7 +125,7 @@ async def test_a_default_from_the_environment_until_a_system_unregisters(bus: st
     """REFBUS_WEBHOOK_<SECTOR> stays the default: delivered to while nothing is registered; once
     the system unregisters, nothing is delivered even though the default is still set."""
     social_port, health_port, hook_port = ports(3)
-    receiver = Receiver(hook_port)
+    receiver = WebhookReceiver(hook_port)
     health_config = dataclasses.replace(
         gateway_config(health_port, receiver.url, Sector.HEALTH, external=True), registration_poll_s=0.2
     )

@@ -3,32 +3,23 @@ gets it in clear (webhook and feed) while no stored byte holds it; a sector not 
 cannot open it; `refbus erase` makes it unreadable everywhere, the history still verifies, and the
 erasure is in it; a second erase is refused."""
 
-import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
-import pytest_asyncio
-import uvicorn
-from litestar import Litestar, Request, post
 
 from refbus.contracts import subjects
 from refbus.contracts.commands import Applied
 from refbus.contracts.vocabulary import Sector
-from refbus.services.eventstore import streams
-from refbus.services.gateway import credentials
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.runtime.bus import connect
-from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, new_worker
-from tests.gateway.systems import SECRETS, TOKENS, gateway_config, gateways, ports
+from tests.gateway.systems import SECRETS, TOKENS, WebhookReceiver, gateway_config, gateways, ports
 from tests.gateway.systems import post as command
 from tests.integration.cli_runner import _env, failure, refbus
 from tests.services import wait_for
@@ -42,40 +33,6 @@ CONTENT = {
 }
 
 
-@pytest_asyncio.fixture
-async def bus(own_server: EmbeddedNats) -> AsyncIterator[str]:
-    nc = await connect(own_server.url, "provision")
-    await streams.provision(nc.jetstream())
-    await nc.drain()
-    yield own_server.url
-
-
-@dataclasses.dataclass
-class Receiver:
-    """The health system's webhook endpoint: each body it got, whether its signature held."""
-
-    port: int
-    received: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator["Receiver"]:
-        @post("/hook", status_code=204)
-        async def hook(request: Request[Any, Any, Any]) -> None:
-            body, headers = await request.body(), request.headers
-            valid = credentials.verify(SECRETS[Sector.HEALTH], headers["webhook-id"],
-                                       int(headers["webhook-timestamp"]), body, headers["webhook-signature"])
-            self.received.append({"body": json.loads(body), "valid": valid})
-
-        server = uvicorn.Server(uvicorn.Config(Litestar([hook]), host="127.0.0.1", port=self.port, log_level="error",
-                                               lifespan="off"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        task = asyncio.create_task(server.serve())
-        await wait_for(lambda: server.started, within=10)
-        try:
-            yield self
-        finally:
-            server.should_exit = True
-            await task
 
 
 def refer(child: str, key: str, content: dict[str, Any] | None = CONTENT) -> dict[str, Any]:
@@ -101,7 +58,7 @@ async def stored_bytes(url: str) -> bytes:
 
 async def test_content_sealed_delivered_in_clear_to_the_receiver_and_erased(bus: str, tmp_path: Path) -> None:
     social_port, health_port, justice_port, hook_port = ports(4)
-    receiver = Receiver(hook_port)
+    receiver = WebhookReceiver(hook_port, SECRETS[Sector.HEALTH])
     configs = {
         Sector.SOCIAL: gateway_config(social_port, None, Sector.SOCIAL),
         Sector.HEALTH: gateway_config(health_port, f"http://127.0.0.1:{hook_port}/hook", Sector.HEALTH),
