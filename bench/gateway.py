@@ -55,10 +55,11 @@ def start_sectors(url: str, data_dir: Path, ports: dict[Sector, int], tokens: di
         env[f"REFBUS_GATEWAY_PORT_{name}"] = str(ports[sector])
         env[f"REFBUS_GATEWAY_TOKEN_{name}"] = tokens[sector]
         env[f"REFBUS_EXTERNAL_{name}"] = "1"
+    data_dir.mkdir(parents=True, exist_ok=True)
     return [
         subprocess.Popen(
             [sys.executable, "-m", "refbus.cli", "service", s.value], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=(data_dir / f"{s.value}.log").open("wb"),
         )
         for s in SECTORS
     ]
@@ -222,7 +223,9 @@ async def gateway_bench(workdir: Path, seconds: float = 5.0, rates: tuple[int, .
         deadline = time.monotonic() + 60
         while not all(port_open(p) for p in ports.values()):
             if time.monotonic() > deadline:
-                raise RuntimeError("the sector services did not open their gateways")
+                closed = [s.value for s in SECTORS if not port_open(ports[s])]
+                why = {name: (workdir / f"{name}.log").read_text()[-300:] for name in closed}
+                raise RuntimeError(f"the sector services did not open their gateways: {why}")
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         http = Http(ports, tokens)
