@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from processes import start_pager  # bench/processes.py (this script's directory is on the path)
 
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Sector
@@ -220,6 +221,7 @@ async def gateway_bench(workdir: Path, seconds: float = 5.0, rates: tuple[int, .
         nc = await connect(server.url, "bench-gateway")
         await streams.provision(nc.jetstream())
         processes = start_sectors(server.url, workdir, ports, tokens)
+        processes.append(start_pager(server.url))  # the sectors read children through its read service
         deadline = time.monotonic() + 60
         while not all(port_open(p) for p in ports.values()):
             if time.monotonic() > deadline:

@@ -176,3 +176,33 @@ def child_key_subject(child: str, reader: Sector | str, key_id: str) -> str:
 def child_keys_filter(child: str) -> str:
     """Every wrapped key of one child (what `refbus erase` destroys)."""
     return f"$KV.{CHILD_KEYS_BUCKET}.{child}.>"
+
+
+# -- need-to-know reads (services/reads/) ---------------------------------------------------------
+# A sector reads children's histories only through the read service, which answers each sector with
+# what it may see (docs/decisions/0023-need-to-know-reads.md): request/reply on core NATS, the sector
+# in the subject so that a server permission pins each sector user to asking as itself.
+READ_REQUESTS = f"{PREFIX}.read.*.*"
+"What the read service answers (a queue group: any number of instances)."
+READ_HISTORY = "history"
+READ_FEED = "feed"
+
+
+def read_subject(sector: Sector, kind: str) -> str:
+    """Where `sector` asks the read service for a `kind` of read (READ_HISTORY, READ_FEED)."""
+    return f"{PREFIX}.read.{sector.value}.{kind}"
+
+
+def read_permission(sector: Sector) -> str:
+    """The publish permission that lets a sector ask for reads only as itself."""
+    return f"{PREFIX}.read.{sector.value}.*"
+
+
+def parse_read_subject(subject: str) -> tuple[Sector, str]:
+    """(sector, kind) of a read request's subject; ValueError for anything else."""
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[0] != PREFIX or tokens[1] != "read" or tokens[2] not in _SECTORS:
+        raise ValueError("not a read request subject: expected refbus.read.<sector>.<kind>")
+    if tokens[3] not in (READ_HISTORY, READ_FEED):
+        raise ValueError(f"unknown read: {tokens[3][:40]!r}; expected {READ_HISTORY} or {READ_FEED}")
+    return Sector(tokens[2]), tokens[3]

@@ -6,6 +6,7 @@ import os
 import re
 import sys
 import uuid
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.contracts.events import ReferralRequested
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+    from refbus.services.reads.client import ReadUnavailable, ViewReader
+    from refbus.services.reads.service import serving
     from refbus.services.rules.lifecycle import IllegalEvent
     from refbus.services.runtime.bus import open_bus
 
@@ -131,12 +134,17 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
     except msgspec.ValidationError as exc:
         raise UserError(f"refused: {exc}") from None
     # As the referring sector itself: the server lets it write only events it sends.
-    async with open_bus(settings, identity=args.from_sector) as bus:
+    async with open_bus(settings, identity=args.from_sector) as bus, AsyncExitStack() as stack:
+        if not settings.nats_url:  # the data dir's own bus, perhaps not `up`: its pager's seed is at hand
+            await stack.enter_async_context(serving(bus.url, settings.nats_credentials("pager")))
         try:
-            stored = (await JetStreamEventStore(bus.nc).transact(event.child, lambda _state: [event])).stored
+            store = JetStreamEventStore(bus.nc, reader=ViewReader(bus.nc, event.from_sector))
+            stored = (await store.transact(event.child, lambda _state: [event])).stored
             seq = stored[0] if stored else None
         except IllegalEvent as exc:
             raise UserError(f"refused by the rules: {exc.reason}") from None
+        except ReadUnavailable as exc:
+            raise UserError(f"{exc}: the read service runs with the bus (`refbus up`)") from None
     print(json.dumps({"referral_id": str(referral_id), "seq": seq}))
     return 0
 

@@ -5,14 +5,18 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from faststream import FastStream
 
 from refbus.contracts.events import ReferralEvent
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.reads.service import ReadService
 from refbus.services.rules.policy import OnwardReferral, SectorPolicy, Step
 from refbus.services.rules.state import ChildState, Referral
+from refbus.services.runtime.bus import connect
+from refbus.services.runtime.identities import Credentials
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.app import sector_app
 
@@ -41,13 +45,29 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
 ]:
     settings.setdefault("event_id_key_hex", TEST_EVENT_ID_KEY.hex())
     apps = {s: sector_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
-    for app in apps.values():
-        await app.start()
-    try:
-        yield apps
-    finally:
+    sector_seed: Path | None = settings.get("nats_seed_file")  # type: ignore[assignment]
+    async with read_service(url, sector_seed.parent / "pager.nk" if sector_seed else None):  # the pager's is beside
         for app in apps.values():
-            await app.stop()
+            await app.start()
+        try:
+            yield apps
+        finally:
+            for app in apps.values():
+                await app.stop()
+
+
+@asynccontextmanager
+async def read_service(url: str, pager_seed: Path | None = None) -> AsyncIterator[ReadService]:
+    """The sectors' read service (it runs in the pager's process in production), as the pager when
+    given its seed."""
+    nc = await connect(url, "test-read-service", credentials=Credentials("pager", pager_seed) if pager_seed else None)
+    service = ReadService(nc)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await nc.close()
 
 
 async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], within: float = 30.0) -> None:

@@ -20,13 +20,16 @@ from refbus.services.eventstore.writer import GroupCommit
 
 
 class JetStreamEventStore(EventStore):
-    def __init__(self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None) -> None:
-        """`ring`: the keys events are signed with; default: the process's (keys.install)."""
+    def __init__(
+        self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None, reader: LogReader | None = None
+    ) -> None:
+        """`ring`: the keys events are signed with; default: the process's (keys.install). `reader`:
+        how histories are read; default: the log itself (a sector's is the read service's ViewReader)."""
         super().__init__()
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
-        self.reader = LogReader(nc, timeout)
+        self.reader = reader or LogReader(nc, timeout)
         self._writer = GroupCommit(nc, self._is_stored_as, timeout, ring)
 
     async def append(

@@ -27,6 +27,9 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     "Its Refbus-Key header: the key that signs it."
     sig: str | None = None
     "Its Refbus-Sig header, on the last event of a signing group."
+    withheld: bool = False
+    """A stand-in for an event the reading sector is not party to (services/reads/view.py): for its
+    rules to fold, never to show."""
 
 
 class Delivered(NamedTuple):

@@ -12,6 +12,7 @@ from refbus.contracts.vocabulary import Sector
 from refbus.services.gateway.config import GatewayConfig
 from refbus.services.gateway.external import ExternalSector
 from refbus.services.gateway.runtime import GatewayRuntime
+from refbus.services.reads.client import ViewReader
 from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime import instrument
 from refbus.services.runtime.app import service_app
@@ -41,7 +42,8 @@ def sector_app(
 
     async def start_inbox(nc: NATS) -> None:
         ring = settings.service_keyring(sector.value)
-        store = instrument.event_store(nc, ring=ring)  # counts what it appends
+        # Counts what it appends; reads children through the read service, as the sector may see them.
+        store = instrument.event_store(nc, ring=ring, reader=ViewReader(nc, sector))
         service = SectorService(sector, policy, store, settings.event_id_key())
         services.append(service)
         await ensure_consumer(nc, subjects.STREAM, inbox_consumer(sector, settings.ack_wait))

@@ -28,7 +28,7 @@ from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime.embedded import free_port, port_open
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.app import sector_app
-from tests.services import TEST_EVENT_ID_KEY, wait_for
+from tests.services import TEST_EVENT_ID_KEY, read_service, wait_for
 
 NODE_SYSTEM = Path(__file__).with_name("sector_system.js")
 TOKENS = {s: f"test-token-{s.value}-{os.urandom(8).hex()}" for s in Sector}
@@ -107,13 +107,14 @@ async def gateways(
 ) -> AsyncIterator[dict[Sector, FastStream]]:
     settings = Settings(nats_url=url, event_id_key_hex=TEST_EVENT_ID_KEY.hex(), data_dir=tmp, ack_wait=5.0)
     apps = {s: sector_app(s, p, settings, gateway=configs[s]) for s, p in policies.items()}
-    for app in apps.values():
-        await app.start()
-    try:
-        yield apps
-    finally:
+    async with read_service(url):
         for app in apps.values():
-            await app.stop()
+            await app.start()
+        try:
+            yield apps
+        finally:
+            for app in apps.values():
+                await app.stop()
 
 
 def ports(n: int) -> list[int]:

@@ -26,7 +26,7 @@ from refbus.services.sector.app import sector_app
 from tests.factories import new_child, new_worker, request
 from tests.gateway.systems import NodeSystem, gateway_config, needs_node, ports
 from tests.integration import secured
-from tests.services import TEST_EVENT_ID_KEY, wait_for
+from tests.services import TEST_EVENT_ID_KEY, read_service, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,8 @@ async def test_a_sector_systems_identity_sends_commands_and_cannot_publish_event
     config = replace(gateway_config(http_port, system.url, Sector.HEALTH, external=True), nats_commands=True)
     app = sector_app(Sector.HEALTH, ExternalSector(Sector.HEALTH), settings, gateway=config)
     errors: list[Exception] = []
+    reads = read_service(secured_server.url, secured.seed_file(secured_server, "pager"))
+    await reads.__aenter__()
     await app.start()
     own = await secured.connect_as(secured_server, "health-system", errors)
     try:
@@ -66,7 +68,7 @@ async def test_a_sector_systems_identity_sends_commands_and_cannot_publish_event
                   "referral_id": str(referral.referral_id)}
         reply = await own.request(subjects.command_subject(Sector.HEALTH, "accept"), msgspec.json.encode(accept), 5)
         assert msgspec.json.decode(reply.data)["status"] == 201
-        # The events feed reads through the service's own user (direct get on REFBUS).
+        # The events feed reads through the service's own user, asking the read service.
         feed = await FeedReader(app.broker.connection)(Sector.HEALTH, 0, 10, 0)
         assert [d.event.event_id for d in feed.events][:1] == [referral.event_id]
 
@@ -88,5 +90,6 @@ async def test_a_sector_systems_identity_sends_commands_and_cannot_publish_event
     finally:
         await own.close()
         await app.stop()
+        await reads.__aexit__(None, None, None)
         system.stop()
         await admin.close()

@@ -4,11 +4,15 @@ own seed and reply prefix (as the services connect)."""
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from refbus.contracts.vocabulary import Sector
+from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.reads.client import ViewReader
 from refbus.services.runtime import identities
 from refbus.services.runtime.embedded import DEFAULT_CONFIG, DEPLOY_DIR, EmbeddedNats
 from refbus.services.runtime.identities import Credentials
@@ -56,3 +60,9 @@ async def connect_as(server: EmbeddedNats, user: str, errors: list[Exception] | 
 
     options = Credentials(user, seed_file(server, user)).connect_options()
     return await nats.connect(server.url, error_cb=on_error, allow_reconnect=False, **options)  # type: ignore[arg-type]
+
+
+def sector_store(nc: NATS, sector: Sector, **options: Any) -> JetStreamEventStore:
+    """A sector's store as its service has it: it reads children through the read service only
+    (services/reads/; under these permissions it has no direct read of the log)."""
+    return JetStreamEventStore(nc, reader=ViewReader(nc, sector, options.get("timeout", 5.0)), **options)

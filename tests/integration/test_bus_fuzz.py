@@ -91,7 +91,7 @@ async def bus(server: EmbeddedNats) -> AsyncIterator[Bus]:
     async with running(server.url, {Sector.HEALTH: policies[Sector.HEALTH]}, **as_health), \
             running(server.url, {Sector.SOCIAL: policies[Sector.SOCIAL]}, **as_social):
         found = Bus()
-        found.admin, found.social, found.child = admin, JetStreamEventStore(social), new_child()
+        found.admin, found.social, found.child = admin, secured.sector_store(social, Sector.SOCIAL), new_child()
         found.referral = request(found.child, Sector.SOCIAL, Sector.HEALTH)
         await record(found.social, found.referral)
         await wait_for(lambda: _received(found.social, found.child, found.referral.referral_id))

@@ -17,11 +17,12 @@ from refbus.contracts.events import ReferralReceived
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.eventstore.reader import LogReader
 from refbus.services.pager.pager import HistoryPager, pager_checkpoint
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, record, request
 from tests.integration import secured
-from tests.integration.secured import connect_as, seed_file
+from tests.integration.secured import connect_as, sector_store, seed_file
 from tests.services import ScriptedPolicy, referral_events, running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ async def test_each_sector_writes_only_as_itself(secured_server: EmbeddedNats,
     await streams.provision(admin.jetstream())
     errors: list[Exception] = []
     social = await connect_as(secured_server, "social", errors)
-    social_log = JetStreamEventStore(social, timeout=2.0)
+    social_log = sector_store(social, Sector.SOCIAL, timeout=2.0)
     child = new_child()
     async with running(secured_server.url, {Sector.HEALTH: ScriptedPolicy([])},
                        nats_seed_file=seed_file(secured_server, "health")):
@@ -76,7 +77,7 @@ async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedN
     admin = await connect_as(secured_server, "admin")
     await streams.provision(admin.jetstream())
     social = await connect_as(secured_server, "social")
-    social_log = JetStreamEventStore(social, timeout=2.0)
+    social_log = sector_store(social, Sector.SOCIAL, timeout=2.0)
     child = new_child()
     seq = await record(social_log, request(child, Sector.SOCIAL, Sector.HEALTH))
     errors: list[Exception] = []
@@ -85,14 +86,17 @@ async def test_the_pager_writes_pages_and_nothing_else(secured_server: EmbeddedN
     await pager.start()
     try:
         async def paged() -> bool:
-            return await pager_checkpoint(social) >= 1
+            return await pager_checkpoint(admin) >= 1
 
         await wait_for(paged, within=10)
     finally:
         await pager.stop()
-    # The sector reads the pages the pager wrote (its user may read REFBUS_PAGES).
-    pages, _ = await social_log.reader.history_pages(child)
+    # The pages hold the child's events; a sector may not read them directly (only through the read
+    # service, which the pager's identity runs: services/reads/).
+    pages, _ = await LogReader(admin, timeout=2.0)._history_pages(child)
     assert [p.seq for p in pages] == [seq]
+    with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):
+        await LogReader(social, timeout=1.0)._history_pages(child)
     assert not errors, errors  # everything the pager did was allowed, deletes and checkpoints included
     # The pager cannot write an event.
     with pytest.raises((NatsTimeout, NoRespondersError, asyncio.TimeoutError)):

@@ -21,6 +21,8 @@ from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.jetstream import ApiError, create_consumer
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.reads.client import ViewReader
+from refbus.services.reads.service import ReadService
 from refbus.services.runtime.embedded import EmbeddedNats
 from refbus.services.sector.service import inbox_consumer
 from tests.factories import new_child, record, request
@@ -203,15 +205,21 @@ async def test_no_user_receives_what_was_meant_for_another(secured_server: Embed
         await nc.flush()
         eavesdroppers.append(nc)
 
-    # Health reads its inbox (a pull delivery and its ack) and the child's history (direct gets).
+    # Health reads its inbox (a pull delivery and its ack) and the child's history (through the read
+    # service, which runs as the pager and answers to health's reply prefix only).
+    reads = ReadService(await connect_as(secured_server, "pager"))
+    await reads.start()
     health = await connect_as(secured_server, "health")
     await create_consumer(health, subjects.STREAM, inbox_consumer(Sector.HEALTH))
     sub = await health.jetstream().pull_subscribe_bind(f"inbox-{Sector.HEALTH.value}", stream=subjects.STREAM)
     [delivery] = await sub.fetch(1, timeout=2.0)
     assert delivery.subject.startswith("refbus.ev.")
     await delivery.ack_sync()
-    assert [h.event for h in await JetStreamEventStore(health, timeout=2.0).history(child)]
+    view = ViewReader(health, Sector.HEALTH, timeout=2.0)
+    assert [h.event for h in await JetStreamEventStore(health, timeout=2.0, reader=view).history(child)]
     await asyncio.sleep(0.2)
+    await reads.stop()
+    await reads.nc.close()
 
     assert overheard == {u: [] for u in others}
     for user in others:
@@ -270,8 +278,8 @@ _SECTOR = {
     ("pub", "refbus.ev.*.{s}.*"): "write events, only as itself",
     ("pub", "refbus.dead.{s}"): "set aside a message it cannot handle, in its own dead letters",
     ("pub", "$JS.API.STREAM.INFO.REFBUS"): "count a child's events (stream info with a subject filter)",
-    ("pub", "$JS.API.DIRECT.GET.REFBUS_CHILDREN"): "read a child's history from the index",
-    ("pub", "$JS.API.DIRECT.GET.REFBUS_PAGES"): "read a child's history pages",
+    ("pub", "refbus.read.{s}.*"): "read children's histories and its feed through the read service, only as "
+        "itself: it answers with what the sector may see (no direct get on the log, index or pages; decision 0023)",
     ("pub", "$JS.API.CONSUMER.INFO.REFBUS.inbox-{s}"): "does its inbox consumer exist (ensure_consumer)",
     ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.inbox-{s}.refbus.ev.*.*.{s}"):
         "create its inbox consumer; the server holds the config to this filter (10131)",
@@ -286,7 +294,6 @@ _SECTOR = {
     # its gateway (services/gateway, issue 15)
     ("sub", "refbus.cmd.{s}.*"): "take its own system's commands (NATS request/reply, queue group gateway-{s})",
     ("pub", "_INBOX.{s}-system.>"): "answer them: replies go to its system's reply prefix only",
-    ("pub", "$JS.API.DIRECT.GET.REFBUS"): "the events feed: events addressed to it after a sequence (next_by_subj)",
     ("pub", "$JS.API.CONSUMER.INFO.REFBUS.webhook-{s}"): "does its webhook consumer exist (ensure_consumer)",
     ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.webhook-{s}.refbus.ev.*.*.{s}"):
         "create its webhook consumer, on its inbox filter only (10131)",
@@ -325,6 +332,11 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
         ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_CHILDREN.*"): "delete that reader when it starts again",
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS_CHILDREN.*"): "pull requests on that reader",
         **SEALER_PERMISSIONS,  # the sealer runs in the pager's process (tests/integration/test_sealer_secured.py)
+        # the read service runs in the pager's process too (services/reads/, decision 0023)
+        ("sub", "refbus.read.*.*"): "take the sectors' read requests (queue group readers)",
+        ("pub", "$JS.API.DIRECT.GET.REFBUS"): "a sector's feed (next_by_subj on its inbox filter) and the route check "
+            "of a history whose payloads claim more than their subjects hold",
+        ("resp", "allow_responses"): "answer each read request once, to the asker's reply subject only",
         ("sub", "_INBOX.pager.>"): "its own replies and pull deliveries (reply prefix _INBOX.pager)",
     },
     "deadlines": {
@@ -370,8 +382,10 @@ def configured_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
         if perms is None:
             continue
         block = blocks[perms.group(1)]
-        assert "deny" not in block and "allow_responses" not in block, "extend the parser and the table"
+        assert "deny" not in block, "extend the parser and the table"
         allowed: dict[tuple[str, str], None] = {}
+        if re.search(r"^\s*allow_responses: true$", block, re.M):
+            allowed[("resp", "allow_responses")] = None
         for direction, key in (("pub", "publish"), ("sub", "subscribe")):
             section = re.search(key + r": \{\s*allow: \[(.*?)\]", block, re.S)
             for subject in re.findall(r'"([^"]+)"', section.group(1) if section else ""):
@@ -400,6 +414,8 @@ def helm_permissions(text: str) -> dict[str, dict[tuple[str, str], None]]:
     for line in text.splitlines():
         if found := re.match(r'\s+- nkey: "<< \$REFBUS_(\w+)_NKEY >>"', line):
             user, direction = found.group(1).lower().replace("_", "-"), ""
+        elif re.match(r"\s+allow_responses: true$", line) and user:
+            users.setdefault(user, {})[("resp", "allow_responses")] = None
         elif found := re.match(r"\s+(publish|subscribe):", line):
             direction = "pub" if found.group(1) == "publish" else "sub"
         elif user and direction and (found := re.match(r'\s+- "([^"]+)"$', line)):

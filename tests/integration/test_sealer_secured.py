@@ -18,11 +18,10 @@ from refbus.services.audit import keys
 from refbus.services.audit.seal import last_seal, make_seal, read_seals, sealer
 from refbus.services.audit.verify import verify_bus
 from refbus.services.eventstore import streams
-from refbus.services.eventstore.jetstream_store import JetStreamEventStore
 from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, record, request
 from tests.integration import secured
-from tests.integration.secured import connect_as
+from tests.integration.secured import connect_as, sector_store
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +74,7 @@ async def test_the_sealer_runs_as_the_pager_user_and_its_seals_verify(
     social_ring = keys.load_dir(provisioned_keys / "social" / "keys")
     assert pager_ring.current(keys.BUS) and not [o for o in keys.OWNERS if o != keys.BUS and pager_ring.current(o)]
     social = await connect_as(secured_server, "social")
-    log = JetStreamEventStore(social, timeout=2.0, ring=social_ring)
+    log = sector_store(social, Sector.SOCIAL, timeout=2.0, ring=social_ring)
     first = await record(log, request(new_child(), Sector.SOCIAL, Sector.HEALTH))
     assert first is not None
 
