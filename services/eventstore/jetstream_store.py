@@ -20,9 +20,13 @@ from refbus.services.eventstore.writer import GroupCommit
 
 
 class JetStreamEventStore(EventStore):
-    def __init__(self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None) -> None:
-        """`ring`: the keys events are signed with; default: the process's (keys.install)."""
+    def __init__(
+        self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None, replay_consumer: str | None = None
+    ) -> None:
+        """`ring`: the keys events are signed with; default: the process's (keys.install).
+        `replay_consumer`: the name of the consumer `replay` reads through (replay.raw_replay)."""
         super().__init__()
+        self.replay_consumer = replay_consumer
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
@@ -55,7 +59,7 @@ class JetStreamEventStore(EventStore):
         return await self.reader.event_count(child)
 
     def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        return replay(self.reader, from_seq)
+        return replay(self.reader, from_seq, consumer=self.replay_consumer)
 
     async def children(self) -> dict[str, int]:
         return await self.reader.children()

@@ -30,11 +30,13 @@ REPLAY_STALL_S = 1.0
 
 
 async def replay(
-    reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000
+    reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000, consumer: str | None = None
 ) -> AsyncIterator[StoredEvent]:
     """Every event of the log in order, from `from_seq` to the end as it is now; each payload bound
-    to the subject it was stored on, with the proof its headers carry."""
-    async for seq, stored_ns, subject, headers, data in raw_replay(reader, from_seq, chunk, client_buffer):
+    to the subject it was stored on, with the proof its headers carry. `consumer`: see raw_replay."""
+    async for seq, stored_ns, subject, headers, data in raw_replay(
+        reader, from_seq, chunk, client_buffer, consumer=consumer
+    ):
         yield bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data, headers)
 
 
@@ -44,10 +46,19 @@ RawStored = tuple[int, int, str, dict[str, str], bytes]
 
 async def raw_replay(
     reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000,
-    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS, consumer: str | None = None,
 ) -> AsyncIterator[RawStored]:
     """Every message of `stream` in order as stored, from `from_seq` to the end as it is now (for
-    the verifier, which needs headers; `stream`: another stream with the log's shape)."""
+    the verifier, which needs headers; `stream`: another stream with the log's shape). `consumer`:
+    read through a consumer of that name (named_raw_replay), for a user whose permissions name its
+    reader; None: an ordered consumer (a user that may create any consumer, the admin)."""
+    if consumer is not None:
+        async with contextlib.aclosing(
+            named_raw_replay(reader.nc, consumer, from_seq, reader.timeout, stream, subject_filter)
+        ) as messages:
+            async for message in messages:
+                yield message
+        return
     js = reader.nc.jetstream(timeout=reader.timeout)
     end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
@@ -116,6 +127,11 @@ async def raw_replay(
 NAMED_PULL = 1024
 
 
+class ReplayInterrupted(RuntimeError):
+    """A pass through a named consumer ended early: a delivery lost, or the consumer taken over by
+    another reader of the same name (which deletes it first)."""
+
+
 async def named_raw_replay(
     nc: NATS, consumer: str, from_seq: int = 1, wait: float = 5.0,
     stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
@@ -149,10 +165,10 @@ async def named_raw_replay(
             async with asyncio.timeout(wait):  # not wait_for: docs/decisions/0005
                 await pull.done.wait()
             if pull.failure:
-                raise RuntimeError(f"reading {stream} through {consumer}: {pull.failure}")
+                raise ReplayInterrupted(f"reading {stream} through {consumer}: {pull.failure}")
             for msg in pull.messages:
                 if jetstream.delivered_consumer_sequence(msg.reply) != delivered + 1:
-                    raise RuntimeError(f"reading {stream} through {consumer}: a delivery was lost")
+                    raise ReplayInterrupted(f"reading {stream} through {consumer}: a delivery was lost")
                 delivered += 1
                 seq, stored_ns = jetstream.delivered_position(msg.reply)
                 yield seq, stored_ns, msg.subject, msg.headers or {}, msg.data
