@@ -10,6 +10,7 @@ the log, and the consumer made again from the first missing event if the log has
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -54,7 +55,7 @@ async def raw_replay(
     reader; None: an ordered consumer (a user that may create any consumer, the admin)."""
     if consumer is not None:
         async with contextlib.aclosing(
-            named_raw_replay(reader.nc, consumer, from_seq, reader.timeout, stream, subject_filter)
+            named_raw_replay(reader.nc, consumer, from_seq, reader.timeout, stream, subject_filter, take_over=False)
         ) as messages:
             async for message in messages:
                 yield message
@@ -134,7 +135,7 @@ class ReplayInterrupted(RuntimeError):
 
 async def named_raw_replay(
     nc: NATS, consumer: str, from_seq: int = 1, wait: float = 5.0,
-    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS, take_over: bool = True,
 ) -> AsyncIterator[RawStored]:
     """raw_replay through a consumer of a fixed name, made in the filtered form
     (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), so that a permission can allow this reader
@@ -142,11 +143,15 @@ async def named_raw_replay(
     permission for it would let its user create or repoint any consumer. Pulled a batch at a time (a
     reader never holds more than it asked for); a delivery lost on the way (the consumer's own
     sequence jumps) or a pull the server ends raises: the caller reads again later. Made afresh on
-    every pass and deleted after it; two readers of one name end each other's pass."""
+    every pass and deleted after it; two readers of one name end each other's pass. `take_over=False`
+    (readers started by people, who may start two at once): a consumer of the name active in the last
+    BUSY_S seconds is left alone and ReplayInterrupted raised, so the pass under way goes on."""
     js = nc.jetstream(timeout=wait)
     end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
         return
+    if not take_over and await _busy(nc, stream, consumer, wait):
+        raise ReplayInterrupted(f"another reader is reading {stream} through {consumer}: try again when it ends")
     await _delete_consumer(nc, stream, consumer, wait)
     await jetstream.create_consumer(nc, stream, ConsumerConfig(
         name=consumer, filter_subject=subject_filter, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -180,6 +185,23 @@ async def named_raw_replay(
         await subscription.unsubscribe()
         with contextlib.suppress(Exception):
             await _delete_consumer(nc, stream, consumer, wait)
+
+
+BUSY_S = 10.0
+"A named consumer made or delivering this recently belongs to a pass under way (a crashed one's is taken over)."
+
+
+async def _busy(nc: NATS, stream: str, consumer: str, wait: float) -> bool:
+    try:
+        info = await jetstream.api_request(nc, jetstream.consumer_info_subject(stream, consumer), {}, wait)
+    except jetstream.ApiError as exc:
+        if exc.code != jetstream.CONSUMER_NOT_FOUND:
+            raise
+        return False
+    delivered = info.get("delivered") or {}
+    times = [str(info.get("created") or ""), str(delivered.get("last_active") or "")]  # type: ignore[union-attr]
+    newest = max((jetstream.nats_time_ns(t) for t in times if t), default=0)
+    return time.time_ns() - newest < BUSY_S * 1e9
 
 
 async def _delete_consumer(nc: NATS, stream: str, consumer: str, wait: float) -> None:

@@ -5,6 +5,7 @@ an event, a stream's removal or purge, a consumer of a sector's, a seal, a key r
 webhook registration or wrap, a dead letter, a tap on the bus."""
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from refbus.services.audit import keys
 from refbus.services.audit.access import list_access
 from refbus.services.eventstore import streams
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
+from refbus.services.eventstore.reader import LogReader
+from refbus.services.eventstore.replay import ReplayInterrupted, raw_replay
 from refbus.services.privacy.content import ContentKeys
 from refbus.services.runtime import identities
 from refbus.services.runtime.embedded import EmbeddedNats
@@ -48,11 +51,13 @@ AUDITOR_PERMISSIONS = {
     ("pub", "$JS.API.DIRECT.GET.REFBUS_KEYS"): "the public key records signatures are checked with",
     ("pub", "$JS.API.DIRECT.GET.REFBUS_ACCESS"):
         "a child's newest access record (the next one chains on it); who read a child (refbus access)",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS.auditor"): "is another audit's pass reading through that name now",
     ("pub", "$JS.API.CONSUMER.CREATE.REFBUS.auditor.refbus.ev.>"):
         "its reader of the whole log (verify, check, replay), named and filtered (the filterless form could "
         "repoint an inbox)",
     ("pub", "$JS.API.CONSUMER.DELETE.REFBUS.auditor"): "start that reader again for each pass",
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.auditor"): "pull requests on that reader",
+    ("pub", "$JS.API.CONSUMER.INFO.REFBUS_ACCESS.auditor"): "is another audit's pass reading the trail now",
     ("pub", "$JS.API.CONSUMER.CREATE.REFBUS_ACCESS.auditor.refbus.access.*"):
         "its reader of the whole access trail (verify), named and filtered",
     ("pub", "$JS.API.CONSUMER.DELETE.REFBUS_ACCESS.auditor"): "start that reader again for each pass",
@@ -128,6 +133,23 @@ async def test_the_audit_commands_run_as_the_auditor_and_every_read_is_recorded(
     for stream in (subjects.STREAM, subjects.ACCESS_STREAM):
         assert subjects.AUDITOR_CONSUMER not in [c.name for c in await admin.jetstream().consumers_info(stream)]
     await admin.close()
+
+
+async def test_a_second_audit_does_not_end_the_pass_under_way(secured_server: EmbeddedNats, tmp_path: Path) -> None:
+    ring = keys.ensure_dir(tmp_path / "master" / "keys")
+    admin, child = await _a_sealed_referral(secured_server, ring)
+    await record(JetStreamEventStore(admin, timeout=2.0, ring=ring), request(child, Sector.SOCIAL, Sector.JUSTICE,
+                                                                             "birth_registration"))
+    first, second = [LogReader(await connect_as(secured_server, "auditor"), 2.0) for _ in range(2)]
+    name = subjects.AUDITOR_CONSUMER
+    async with contextlib.aclosing(raw_replay(first, consumer=name)) as pass_under_way:
+        assert (await anext(pass_under_way))[0] == 1
+        with pytest.raises(ReplayInterrupted, match="another reader"):
+            [m async for m in raw_replay(second, consumer=name)]
+        assert [m[0] async for m in pass_under_way] == [2]  # the first pass reads on to the end
+    assert [m[0] async for m in raw_replay(second, consumer=name)] == [1, 2]  # and then the next one may
+    for nc in (first.nc, second.nc, admin):
+        await nc.close()
 
 
 async def _answer(nc: NATS, subject: str, body: object = b"") -> bytes | None:
