@@ -133,6 +133,8 @@ def command_filter(sector: Sector) -> str:
 
 SEALER_CONSUMER = "sealer"
 "The sealer's reader of the log (services/audit/seal.py): one name, so a permission can name it."
+AUDITOR_CONSUMER = "auditor"
+"The auditors' reader of the log and of the access trail (refbus verify, check, replay), on each stream."
 
 
 def webhook_consumer(sector: Sector) -> str:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from refbus.cli_support import audit_reads
 from refbus.contracts.vocabulary import Sector
 from refbus.services.audit.purposes import Purpose, Role
 from refbus.services.runtime.settings import Settings
@@ -148,6 +149,7 @@ def _progress_bar(done: int, total: int) -> None:
 
 
 async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts import subjects
     from refbus.services.audit import keys, seal
     from refbus.services.audit.verify import verify_bus
     from refbus.services.runtime.bus import open_bus
@@ -159,14 +161,15 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     witness = seal.read_witness(settings.data_dir)
     progress = _progress_bar if sys.stderr.isatty() and not args.json else None
-    async with open_bus(settings) as bus:
+    async with open_bus(settings, **audit_reads(settings)) as bus:
         report = await verify_bus(bus.nc, ring, child=args.child, since=args.since, stream=args.stream,
-                                  witness=witness if not args.child else None, progress=progress)
+                                  witness=witness if not args.child else None, progress=progress,
+                                  consumer=subjects.AUDITOR_CONSUMER)
         access = None
         if not args.child and args.stream is None:
             from refbus.services.audit.access import verify_access
 
-            access = await verify_access(bus.nc, ring)
+            access = await verify_access(bus.nc, ring, consumer=subjects.AUDITOR_CONSUMER)
     if progress is not None:
         print(file=sys.stderr)
     if report.ok and report.last_sealed_seq and not args.child and args.stream is None:
@@ -190,7 +193,7 @@ async def _seals(settings: Settings) -> "list[seal.Seal]":
     from refbus.services.audit import seal
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings) as bus:
+    async with open_bus(settings, **audit_reads(settings)) as bus:
         return await seal.read_seals(bus.nc)
 
 
@@ -265,7 +268,7 @@ async def cmd_timeline(args: argparse.Namespace, settings: Settings) -> int:
 
     who, role = reader_identity(args)
     try:
-        async with open_bus(settings) as bus:
+        async with open_bus(settings, **audit_reads(settings)) as bus:
             checked = await write_timeline(bus.nc, settings, args.child, args.html, getattr(args, "purpose", None),
                                            who, role)
     except NoPurpose as exc:
@@ -282,7 +285,7 @@ async def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
     who, role = reader_identity(args)
     try:
-        async with open_bus(settings) as bus:
+        async with open_bus(settings, **audit_reads(settings)) as bus:
             checked = await read_for_person(bus.nc, settings, args.child, getattr(args, "purpose", None), who, role,
                                             "export")
     except NoPurpose as exc:
@@ -301,7 +304,7 @@ async def cmd_access(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.audit.access import list_access
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings) as bus:
+    async with open_bus(settings, **audit_reads(settings)) as bus:
         found = await list_access(bus.nc, args.child)
     if args.json:
         print(json.dumps([{"who": r.who, "role": r.role, "at": r.at.isoformat(), "purpose": r.purpose,
@@ -321,8 +324,8 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.runtime.bus import open_bus
 
     folder = getattr(args, "out", None) or settings.data_dir / "projections"
-    async with open_bus(settings) as bus:
-        store = JetStreamEventStore(bus.nc)
+    async with open_bus(settings, **audit_reads(settings)) as bus:
+        store = JetStreamEventStore(bus.nc, replay_consumer=subjects.AUDITOR_CONSUMER)
         total = (await bus.nc.jetstream().stream_info(subjects.STREAM)).state.last_seq
         progress = (lambda seq: _progress_bar(seq, total)) if sys.stderr.isatty() else None
         state = await rebuild(store.replay, folder, restart=args.restart, progress=progress)

@@ -32,6 +32,7 @@ from refbus.services.runtime.settings import Settings, SettingsError, check_log_
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from refbus.services.eventstore.replay import ReplayInterrupted
     from refbus.services.runtime.bus import BusUnavailable
 
     try:
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except BusUnavailable as exc:
         return _fail(str(exc), EXIT_BUS)
+    except ReplayInterrupted as exc:  # two audits of one identity at once: one reader name, one pass at a time
+        return _fail(f"{exc} (another audit took its reader over?): run it again", EXIT_BUS)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
 

@@ -18,6 +18,10 @@ PAGER = "pager"
 DEADLINES = "deadlines"
 
 
+AUDITOR = "auditor"
+"The NATS identity of the commands that read the log or a child's data (README \"Identities and TLS\")."
+
+
 CHILD_PATTERN = re.compile(r"c[0-9a-f]{16}")
 "The contract's child reference (contracts/events.py ChildRef): c + 16 lowercase hex digits."
 
@@ -116,3 +120,9 @@ def reads(settings: Settings) -> dict[str, bool]:
     """A read provisions the streams of an embedded server (a fresh data dir); on a server given by
     URL it requires them (a read does not create anyone's streams)."""
     return {"provision": settings.nats_url is None}
+
+
+def audit_reads(settings: Settings) -> dict[str, Any]:
+    """open_bus's options for an auditor's command: a read (`reads`) as the identity `auditor`, which
+    reads everything an audit needs and writes only the access trail (deploy/nats-permissions.conf)."""
+    return {"identity": AUDITOR, **reads(settings)}

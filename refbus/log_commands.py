@@ -18,11 +18,11 @@ from refbus.cli_support import (
     AsOf,
     UserError,
     as_of,
+    audit_reads,
     child_ref,
     command,
     positive_float,
     positive_int,
-    reads,
 )
 from refbus.contracts.vocabulary import SERVICE_CATALOGUE, Dimension, LegalBasis, Sector, Urgency
 from refbus.services.audit.purposes import Purpose, Role
@@ -153,7 +153,7 @@ async def cmd_children(args: argparse.Namespace, settings: Settings) -> int:
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings, **reads(settings)) as bus:
+    async with open_bus(settings, **audit_reads(settings)) as bus:
         found = await JetStreamEventStore(bus.nc).children()
     if args.json:
         print(json.dumps([{"child": c, "events": n} for c, n in sorted(found.items())]))
@@ -188,7 +188,7 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         print(f"--as-of has no timezone: taken as UTC ({as_of.isoformat()})", file=sys.stderr)
     who, role = reader_identity(args)
     try:
-        async with open_bus(settings, **reads(settings)) as bus:
+        async with open_bus(settings, **audit_reads(settings)) as bus:
             if args.html is not None:
                 checked = await write_timeline(bus.nc, settings, args.child, args.html, args.purpose, who, role)
                 print(f"wrote {args.html}: {verification_line(checked)}")
@@ -319,13 +319,14 @@ async def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from refbus.contracts import subjects
     from refbus.services.eventstore.jetstream_store import JetStreamEventStore
     from refbus.services.rules.audit import audit_replay
     from refbus.services.rules.deadlines import DeadlineTable
     from refbus.services.runtime.bus import open_bus
 
-    async with open_bus(settings, **reads(settings)) as bus:
-        eventlog = JetStreamEventStore(bus.nc)
+    async with open_bus(settings, **audit_reads(settings)) as bus:
+        eventlog = JetStreamEventStore(bus.nc, replay_consumer=subjects.AUDITOR_CONSUMER)
         deadlines = DeadlineTable.from_env()  # the deadline service's table: stuck = overdue
         if args.stuck_after is not None:
             deadlines = DeadlineTable.uniform(timedelta(seconds=args.stuck_after))

@@ -83,8 +83,9 @@ async def list_access(nc: NATS, child: str, wait: float = 5.0) -> list[AccessRec
     return found
 
 
-async def verify_access(nc: NATS, ring: Keyring, wait: float = 5.0) -> Report:
-    """Every access record chained on its child's previous one and signed by a bus key."""
+async def verify_access(nc: NATS, ring: Keyring, wait: float = 5.0, consumer: str | None = None) -> Report:
+    """Every access record chained on its child's previous one and signed by a bus key. `consumer`:
+    the trail is read through a consumer of that name (replay.raw_replay)."""
     from refbus.services.audit.keys import trusted_records
     from refbus.services.eventstore.reader import LogReader
     from refbus.services.eventstore.replay import raw_replay
@@ -99,7 +100,7 @@ async def verify_access(nc: NATS, ring: Keyring, wait: float = 5.0) -> Report:
 
     reader = LogReader(nc, wait)
     async for seq, _ns, subject, headers, data in raw_replay(
-        reader, 1, stream=subjects.ACCESS_STREAM, subject_filter=subjects.ACCESS_SUBJECTS
+        reader, 1, stream=subjects.ACCESS_STREAM, subject_filter=subjects.ACCESS_SUBJECTS, consumer=consumer
     ):  # streaming: memory holds one link per child
         report.events += 1
         report.first_seq = report.first_seq or seq

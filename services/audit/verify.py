@@ -324,10 +324,12 @@ async def verify_bus(
     witness: Seal | None = None,
     progress: Callable[[int, int], None] | None = None,
     wait: float = 5.0,
+    consumer: str | None = None,
 ) -> Report:
     """Verify the log in the bus (or `stream`, a stream of the log's shape) streaming: every
     signature and chain, and every seal after `since`. `child`: only that child's events (chains
-    and signatures; no seals: they cover the whole log). `progress(done, total)` now and then."""
+    and signatures; no seals: they cover the whole log). `progress(done, total)` now and then.
+    `consumer`: the whole log is read through a consumer of that name (replay.raw_replay)."""
     from refbus.contracts import subjects
     from refbus.services.audit import keys, seal
     from refbus.services.eventstore import jetstream
@@ -354,7 +356,7 @@ async def verify_bus(
                           msg.headers or {}, msg.data)
     else:
         async for seq, ns, subject, headers, data in raw_replay(
-            LogReader(nc, wait), from_seq, stream=stream, subject_filter=subject_filter
+            LogReader(nc, wait), from_seq, stream=stream, subject_filter=subject_filter, consumer=consumer
         ):
             verifier.feed(seq, jetstream.datetime_from_ns(ns), subject, headers, data)
             done += 1

@@ -21,11 +21,14 @@ from refbus.services.eventstore.writer import GroupCommit
 
 class JetStreamEventStore(EventStore):
     def __init__(
-        self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None, reader: LogReader | None = None
+        self, nc: NATS, timeout: float = 5.0, ring: keys.Keyring | None = None, reader: LogReader | None = None,
+        replay_consumer: str | None = None,
     ) -> None:
         """`ring`: the keys events are signed with; default: the process's (keys.install). `reader`:
-        how histories are read; default: the log itself (a sector's is the read service's ViewReader)."""
+        how histories are read; default: the log itself (a sector's is the read service's ViewReader).
+        `replay_consumer`: the name of the consumer `replay` reads through (replay.raw_replay)."""
         super().__init__()
+        self.replay_consumer = replay_consumer
         self.nc = nc
         self.js = nc.jetstream(timeout=timeout)
         self.timeout = timeout
@@ -58,7 +61,7 @@ class JetStreamEventStore(EventStore):
         return await self.reader.event_count(child)
 
     def replay(self, from_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        return replay(self.reader, from_seq)
+        return replay(self.reader, from_seq, consumer=self.replay_consumer)
 
     async def children(self) -> dict[str, int]:
         return await self.reader.children()

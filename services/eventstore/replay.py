@@ -10,6 +10,7 @@ the log, and the consumer made again from the first missing event if the log has
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -30,11 +31,13 @@ REPLAY_STALL_S = 1.0
 
 
 async def replay(
-    reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000
+    reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000, consumer: str | None = None
 ) -> AsyncIterator[StoredEvent]:
     """Every event of the log in order, from `from_seq` to the end as it is now; each payload bound
-    to the subject it was stored on, with the proof its headers carry."""
-    async for seq, stored_ns, subject, headers, data in raw_replay(reader, from_seq, chunk, client_buffer):
+    to the subject it was stored on, with the proof its headers carry. `consumer`: see raw_replay."""
+    async for seq, stored_ns, subject, headers, data in raw_replay(
+        reader, from_seq, chunk, client_buffer, consumer=consumer
+    ):
         yield bound_event(seq, jetstream.datetime_from_ns(stored_ns), subject, data, headers)
 
 
@@ -44,10 +47,19 @@ RawStored = tuple[int, int, str, dict[str, str], bytes]
 
 async def raw_replay(
     reader: LogReader, from_seq: int = 1, chunk: int = 512, client_buffer: int = 200_000,
-    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS, consumer: str | None = None,
 ) -> AsyncIterator[RawStored]:
     """Every message of `stream` in order as stored, from `from_seq` to the end as it is now (for
-    the verifier, which needs headers; `stream`: another stream with the log's shape)."""
+    the verifier, which needs headers; `stream`: another stream with the log's shape). `consumer`:
+    read through a consumer of that name (named_raw_replay), for a user whose permissions name its
+    reader; None: an ordered consumer (a user that may create any consumer, the admin)."""
+    if consumer is not None:
+        async with contextlib.aclosing(
+            named_raw_replay(reader.nc, consumer, from_seq, reader.timeout, stream, subject_filter, take_over=False)
+        ) as messages:
+            async for message in messages:
+                yield message
+        return
     js = reader.nc.jetstream(timeout=reader.timeout)
     end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
@@ -116,9 +128,14 @@ async def raw_replay(
 NAMED_PULL = 1024
 
 
+class ReplayInterrupted(RuntimeError):
+    """A pass through a named consumer ended early: a delivery lost, or the consumer taken over by
+    another reader of the same name (which deletes it first)."""
+
+
 async def named_raw_replay(
     nc: NATS, consumer: str, from_seq: int = 1, wait: float = 5.0,
-    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS,
+    stream: str = subjects.STREAM, subject_filter: str = subjects.LOG_SUBJECTS, take_over: bool = True,
 ) -> AsyncIterator[RawStored]:
     """raw_replay through a consumer of a fixed name, made in the filtered form
     (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), so that a permission can allow this reader
@@ -126,11 +143,15 @@ async def named_raw_replay(
     permission for it would let its user create or repoint any consumer. Pulled a batch at a time (a
     reader never holds more than it asked for); a delivery lost on the way (the consumer's own
     sequence jumps) or a pull the server ends raises: the caller reads again later. Made afresh on
-    every pass and deleted after it; two readers of one name end each other's pass."""
+    every pass and deleted after it; two readers of one name end each other's pass. `take_over=False`
+    (readers started by people, who may start two at once): a consumer of the name active in the last
+    BUSY_S seconds is left alone and ReplayInterrupted raised, so the pass under way goes on."""
     js = nc.jetstream(timeout=wait)
     end = (await js.stream_info(stream)).state.last_seq
     if end < from_seq:
         return
+    if not take_over and await _busy(nc, stream, consumer, wait):
+        raise ReplayInterrupted(f"another reader is reading {stream} through {consumer}: try again when it ends")
     await _delete_consumer(nc, stream, consumer, wait)
     await jetstream.create_consumer(nc, stream, ConsumerConfig(
         name=consumer, filter_subject=subject_filter, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -149,10 +170,10 @@ async def named_raw_replay(
             async with asyncio.timeout(wait):  # not wait_for: docs/decisions/0005
                 await pull.done.wait()
             if pull.failure:
-                raise RuntimeError(f"reading {stream} through {consumer}: {pull.failure}")
+                raise ReplayInterrupted(f"reading {stream} through {consumer}: {pull.failure}")
             for msg in pull.messages:
                 if jetstream.delivered_consumer_sequence(msg.reply) != delivered + 1:
-                    raise RuntimeError(f"reading {stream} through {consumer}: a delivery was lost")
+                    raise ReplayInterrupted(f"reading {stream} through {consumer}: a delivery was lost")
                 delivered += 1
                 seq, stored_ns = jetstream.delivered_position(msg.reply)
                 yield seq, stored_ns, msg.subject, msg.headers or {}, msg.data
@@ -164,6 +185,23 @@ async def named_raw_replay(
         await subscription.unsubscribe()
         with contextlib.suppress(Exception):
             await _delete_consumer(nc, stream, consumer, wait)
+
+
+BUSY_S = 10.0
+"A named consumer made or delivering this recently belongs to a pass under way (a crashed one's is taken over)."
+
+
+async def _busy(nc: NATS, stream: str, consumer: str, wait: float) -> bool:
+    try:
+        info = await jetstream.api_request(nc, jetstream.consumer_info_subject(stream, consumer), {}, wait)
+    except jetstream.ApiError as exc:
+        if exc.code != jetstream.CONSUMER_NOT_FOUND:
+            raise
+        return False
+    delivered = info.get("delivered") or {}
+    times = [str(info.get("created") or ""), str(delivered.get("last_active") or "")]  # type: ignore[union-attr]
+    newest = max((jetstream.nats_time_ns(t) for t in times if t), default=0)
+    return time.time_ns() - newest < BUSY_S * 1e9
 
 
 async def _delete_consumer(nc: NATS, stream: str, consumer: str, wait: float) -> None:

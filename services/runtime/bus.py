@@ -268,14 +268,20 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
 
 
 async def _provision_as_admin(nc: NATS, url: str, settings: Settings, identity: str) -> None:
-    """The streams, created if missing by the admin: over `nc` when it is the admin's, else over a
-    connection of the admin's own for the length of it (the embedded server: its data dir holds the seeds)."""
+    """The streams, created if missing, and the public key records, by the admin: over `nc` when it is the
+    admin's, else over a connection of the admin's own for the length of it (the embedded server: its data dir
+    holds the seeds; no other command's user may write the key records)."""
     admin = nc if identity == "admin" else await connect(
         url, "refbus-provision", settings.connect_timeout, reconnect=False,
         credentials=settings.nats_credentials("admin"),
     )
     try:
         await streams.provision(admin.jetstream(), replicas=settings.replicas, wait=settings.connect_timeout + 10)
+        if (ring := settings.keyring()).can_certify():  # the public records, certified; the admin may write them
+            try:
+                await keys.publish(admin, ring, wait=2.0)
+            except Exception as exc:  # a bus without REFBUS_KEYS: reads still work
+                log.warning("keys_not_published", error=repr(exc))
     finally:
         if admin is not nc:
             await admin.close()
@@ -371,13 +377,7 @@ async def open_bus(
                 raise BusUnavailable(f"cannot provision the streams at {safe_url(url)}: {text}") from None
         else:
             await require_streams(nc, url)
-        ring = settings.keyring()
-        keys.install(ring)  # what this process writes is signed with the deployment's keys
-        if ring.can_certify():  # only the bus key's holder certifies and publishes the public records
-            try:
-                await keys.publish(nc, ring, wait=2.0)
-            except Exception as exc:  # a user that may not publish keys, a bus without REFBUS_KEYS: reads still work
-                log.warning("keys_not_published", error=repr(exc))
+        keys.install(settings.keyring())  # what this process writes is signed with the deployment's keys
         if announce:
             print(description, file=sys.stderr, flush=True)
         yield Bus(nc, url, server, description, record)

@@ -1,4 +1,4 @@
-"""Who connects to the bus: one NATS identity per service, sector system, operator and admin, each an
+"""Who connects to the bus: one NATS identity per service, sector system, operator, auditor and admin, each an
 nkey pair (docs/decisions/0020-identities-and-tls.md).
 
 The seeds live in `<secrets>/nats/<identity>.nk`, readable by their owner only, and are never logged
@@ -16,7 +16,7 @@ import nkeys
 
 SERVICES = ("social", "health", "education", "justice", "pager", "deadlines")
 SYSTEMS = ("social-system", "health-system", "education-system", "justice-system")
-IDENTITIES = ("admin", "operator", *SERVICES, *SYSTEMS)
+IDENTITIES = ("admin", "operator", "auditor", *SERVICES, *SYSTEMS)
 "The users of deploy/nats-permissions.conf, in its order."
 
 

@@ -28,6 +28,7 @@ from refbus.services.sector.service import inbox_consumer
 from tests.factories import new_child, record, request
 from tests.integration import secured
 from tests.integration.secured import PERMISSIONS_CONFIG, connect_as
+from tests.integration.test_auditor_secured import AUDITOR_PERMISSIONS
 from tests.integration.test_sealer_secured import SEALER_PERMISSIONS
 
 pytestmark = pytest.mark.integration
@@ -352,6 +353,7 @@ PERMISSIONS: dict[str, dict[tuple[str, str], str]] = {
         ("pub", "$JS.API.CONSUMER.MSG.NEXT.REFBUS.deadlines"): "pull requests on that reader",
         ("sub", "_INBOX.deadlines.>"): "its own replies and pull deliveries (reply prefix _INBOX.deadlines)",
     },
+    "auditor": AUDITOR_PERMISSIONS,  # the audit commands (tests/integration/test_auditor_secured.py)
     "operator": {
         ("pub", "$JS.API.INFO"): "account usage and limits",
         ("pub", "$JS.API.STREAM.INFO.*"): "stream state (counts, bytes, sequences)",

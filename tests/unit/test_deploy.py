@@ -35,7 +35,7 @@ NATS_SERVER = Path(sys.executable).parent / "nats-server"
 PERMISSIONS = DEPLOY / "nats-permissions.conf"
 STREAMS = {subjects.STREAM, subjects.CHILD_INDEX_STREAM, subjects.PAGES_STREAM, subjects.DEAD_LETTER_STREAM}
 NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
-           "eleven": 11, "twelve": 12}
+           "eleven": 11, "twelve": 12, "thirteen": 13}
 
 
 def _users() -> list[str]:
@@ -68,11 +68,11 @@ def _nats_test(config: Path, env: dict[str, str] | None = None) -> subprocess.Co
 # --- NATS configs --------------------------------------------------------------------------------
 
 
-def test_the_users_are_the_twelve_expected() -> None:
+def test_the_users_are_the_thirteen_expected() -> None:
     # deadlines: the deadline service (issue 18); the four <sector>-system users are the sector systems'
-    # own (issue 15): commands to their gateway only.
+    # own (issue 15): commands to their gateway only; auditor: the audit commands (issue 17).
     assert _users() == [
-        "admin", "operator", "social", "health", "education", "justice", "pager", "deadlines",
+        "admin", "operator", "auditor", "social", "health", "education", "justice", "pager", "deadlines",
         "social-system", "health-system", "education-system", "justice-system",
     ]
 
@@ -321,8 +321,8 @@ def test_every_refbus_variable_in_deploy_is_read_by_something() -> None:
     for path in _text_files():
         text = path.read_text()
         for name in set(re.findall(r"\bREFBUS_[A-Z0-9_]*[A-Z0-9]\b", text)):
-            known = STREAMS | {subjects.SEALS_STREAM, subjects.KEYS_STREAM, subjects.WEBHOOKS_BUCKET,
-                               subjects.CHILD_KEYS_BUCKET}
+            known = STREAMS | {subjects.SEALS_STREAM, subjects.KEYS_STREAM, subjects.ACCESS_STREAM,
+                               subjects.WEBHOOKS_BUCKET, subjects.CHILD_KEYS_BUCKET}
             if name in read or name in passwords or name in known:
                 continue
             # A Kubernetes manifest's own variable, defined in its env and used as $(NAME).
