@@ -88,7 +88,7 @@ async def _a_sealed_referral(server: EmbeddedNats, ring: keys.Keyring) -> tuple[
     sealed = await ContentKeys(social, ring, Sector.SOCIAL).seal(
         CONTENT, child=child, referral_id=event.referral_id, event_id=event.event_id,
         from_sector=Sector.SOCIAL, to_sector=Sector.HEALTH)
-    log = JetStreamEventStore(social, timeout=2.0, ring=ring)
+    log = secured.sector_store(social, Sector.SOCIAL, timeout=2.0, ring=ring)  # a new child: nothing to read
     assert await record(log, msgspec.structs.replace(event, sealed=sealed))
     await social.close()
     return admin, child
