@@ -349,8 +349,8 @@ async def open_bus(
                     )
                     write_record(data_dir, record)
                     try:
-                        nc = await connect(server.url, name, settings.connect_timeout,
-                                           credentials=credentials, tls=settings.tls_context())
+                        nc = await connect(server.url, name, settings.connect_timeout, tls=settings.tls_context(),
+                                           credentials=settings.nats_credentials(identity))
                     except BaseException:
                         remove_record(data_dir, record.pid)
                         await server.astop()

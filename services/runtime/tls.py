@@ -8,6 +8,7 @@ whole, readable by their owner only.
 """
 
 import ipaddress
+import logging
 import os
 import re
 import ssl
@@ -80,9 +81,21 @@ class CertsMade:
     not_after: datetime
 
 
+class _QuietTlsClose(logging.Filter):
+    """asyncio warns at every TLS connection's close that nats-py's protocol returns True from
+    eof_received(): noise that says nothing is wrong, and the commands must print clear lines only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_QUIET_TLS_CLOSE = _QuietTlsClose()
+
+
 def client_context(ca_file: Path) -> ssl.SSLContext:
     """A client's TLS context trusting the CA in `ca_file` (and nothing else): the server's name is
     checked against the certificate, TLS 1.2 at least."""
+    logging.getLogger("asyncio").addFilter(_QUIET_TLS_CLOSE)
     try:
         context = ssl.create_default_context(cafile=str(ca_file))
     except FileNotFoundError:
