@@ -39,8 +39,9 @@ SERVER_VARIABLES = ("REFBUS_TLS_CERT", "REFBUS_TLS_KEY", "REFBUS_TLS_CA")
 TRUSTED_CA = "REFBUS_TLS_CA, else <secrets>/tls/ca.pem"
 "Where a client finds the CA it trusts (Settings.tls_context), as the messages say it."
 PLAIN_REFUSED = f"the server does not ask for TLS, but this client trusts a CA ({TRUSTED_CA}): refusing plain text"
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                       r"[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)(\*\.)?{_LABEL}(\.{_LABEL})*$")
+"A hostname, or a wildcard for one level of names (*.nats-headless: each pod of a StatefulSet)."
 
 
 class CertError(ValueError):
@@ -129,7 +130,8 @@ def check_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
     """ALWAYS_NAMED and `hosts`, each once; CertError naming the first that is no hostname nor IP address."""
     for host in hosts:
         if not _is_ip(host) and not _HOSTNAME.match(host):
-            raise CertError(f"--host {host!r} is neither a hostname (letters, digits, '-', '.') nor an IP address")
+            raise CertError(f"--host {host!r} is neither a hostname (letters, digits, '-', '.', a leading '*.') "
+                            "nor an IP address")
     return tuple(dict.fromkeys((*ALWAYS_NAMED, *hosts)))
 
 
