@@ -1,16 +1,28 @@
 """`refbus certs` (issue 17): a local CA and a server certificate signed by it, private keys owner-only,
 the CA kept on a re-run, and one clear line (exit 2) for what cannot be done."""
 
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from refbus.cli import main
 from refbus.services.runtime.settings import Settings, SettingsError
 from refbus.services.runtime.tls import CertError, ServerTls, make_certs
+
+REFBUS = str(Path(sys.executable).parent / "refbus")
+
+
+def _refbus(*args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`refbus` as a person runs it (in-process, its logging would outlive the test's stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFBUS_")}
+    if data_dir is not None:
+        env["REFBUS_DATA_DIR"] = str(data_dir)
+    return subprocess.run([REFBUS, *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 def _certificate(path: Path) -> x509.Certificate:
@@ -43,25 +55,24 @@ def test_the_files_the_names_and_the_chain(tmp_path: Path) -> None:
     assert ServerTls.in_folder(folder) == ServerTls(folder / "server.pem", folder / "server.key", folder / "ca.pem")
 
 
-def test_a_rerun_keeps_the_ca_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rerun_keeps_the_ca_unless_forced(tmp_path: Path) -> None:
     folder = tmp_path / "tls"
-    assert main(["certs", "--out", str(folder), "--host", "nats-1"]) == 0
+    assert _refbus("certs", "--out", str(folder), "--host", "nats-1").returncode == 0
     ca, server = (folder / "ca.pem").read_bytes(), (folder / "server.pem").read_bytes()
-    assert main(["certs", "--out", str(folder), "--host", "nats-2"]) == 0
-    out = capsys.readouterr().out
-    assert "keeping the CA" in out.splitlines()[-2]
+    again = _refbus("certs", "--out", str(folder), "--host", "nats-2")
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[0].startswith("keeping the CA in")
     assert (folder / "ca.pem").read_bytes() == ca and (folder / "server.pem").read_bytes() != server
     _verify(folder, x509.DNSName("nats-2"))  # the new server certificate, by the kept CA
-    assert main(["certs", "--out", str(folder), "--force"]) == 0
+    assert _refbus("certs", "--out", str(folder), "--force").returncode == 0
     assert (folder / "ca.pem").read_bytes() != ca
     _verify(folder, x509.DNSName("localhost"))
 
 
-def test_the_default_folder_turns_tls_on_for_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFBUS_DATA_DIR", str(tmp_path / "data"))
-    settings = Settings.from_env()
+def test_the_default_folder_turns_tls_on_for_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env({"REFBUS_DATA_DIR": str(tmp_path / "data")})
     assert settings.embedded_tls() is None and settings.tls_context() is None
-    assert main(["certs"]) == 0
+    assert _refbus("certs", data_dir=tmp_path / "data").returncode == 0
     assert settings.embedded_tls() is not None and settings.tls_context() is not None
 
 
@@ -74,29 +85,21 @@ def test_the_default_folder_turns_tls_on_for_the_data_dir(tmp_path: Path, monkey
         (["--host", ""], "neither a hostname"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(
-    args: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert _exit_code(["certs", "--out", str(tmp_path / "tls"), *args]) == 2
-    err = capsys.readouterr().err
+def test_bad_input_is_one_line_and_exit_2(args: list[str], words: str, tmp_path: Path) -> None:
+    run = _refbus("certs", "--out", str(tmp_path / "tls"), *args)
+    assert run.returncode == 2
+    err = run.stderr
     assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "tls" / "server.key").exists()
 
 
-def _exit_code(argv: list[str]) -> int:
-    """The exit status, whether the command returns it or argparse exits with it."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-def test_a_folder_that_cannot_be_written_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     for out, words in ((a_file, "is not a directory"), (a_file / "below", "cannot make")):
-        assert main(["certs", "--out", str(out)]) == 2
-        err = capsys.readouterr().err.strip()
+        run = _refbus("certs", "--out", str(out))
+        err = run.stderr.strip()
+        assert run.returncode == 2
         assert words in err and len(err.splitlines()) == 1 and err.startswith("refbus: "), err
 
 
