@@ -191,7 +191,7 @@ async def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
     settings = replace(settings, nats_url=url)
     # Bounded, with one clear line, before the app's own connection (which then reconnects for ever).
     probe = await connect(url, f"refbus-{args.sector}-probe", settings.connect_timeout, reconnect=False,
-                          credentials=settings.nats_credentials(args.sector))
+                          credentials=settings.nats_credentials(args.sector), tls=settings.tls_context())
     try:
         await require_streams(probe, url)
         server_name = (probe._server_info or {}).get("server_name", "?")

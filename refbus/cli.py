@@ -18,7 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from refbus import audit_commands, bus_commands, child_ref_commands, dead, log_commands, monitor, privacy_commands
+from refbus import (
+    audit_commands,
+    bus_commands,
+    child_ref_commands,
+    dead,
+    log_commands,
+    monitor,
+    privacy_commands,
+    tls_commands,
+)
 from refbus.cli_support import (
     EXIT_BUS,
     EXIT_INTERRUPTED,
@@ -162,6 +171,7 @@ COMMAND_GROUPS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     monitor.add_commands,  # monitor, exporter (issue 18: refbus/monitor.py)
     child_ref_commands.add_commands,  # child-ref, link-child (issue 17)
     privacy_commands.add_commands,  # erase (issue 17: sealed content)
+    tls_commands.add_commands,  # certs (issue 17: TLS)
     # Further command groups: one line each, e.g. `ops_cli.add_commands,` (see _parser's docstring).
 ]
 

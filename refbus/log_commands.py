@@ -136,7 +136,8 @@ async def cmd_refer(args: argparse.Namespace, settings: Settings) -> int:
     # As the referring sector itself: the server lets it write only events it sends.
     async with open_bus(settings, identity=args.from_sector) as bus, AsyncExitStack() as stack:
         if not settings.nats_url:  # the data dir's own bus, perhaps not `up`: its pager's seed is at hand
-            await stack.enter_async_context(serving(bus.url, settings.nats_credentials("pager")))
+            await stack.enter_async_context(
+                serving(bus.url, settings.nats_credentials("pager"), settings.tls_context()))
         try:
             store = JetStreamEventStore(bus.nc, reader=ViewReader(bus.nc, event.from_sector))
             stored = (await store.transact(event.child, lambda _state: [event])).stored

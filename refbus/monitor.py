@@ -145,7 +145,8 @@ async def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     health = dict(item.split("=", 1) for item in args.health if "=" in item)
     config = MonitorConfig(monitoring_url(args, settings, url), health, args.overdue_after)
-    nc = await connect(url, "refbus-monitor", credentials=settings.nats_credentials("operator"))
+    nc = await connect(url, "refbus-monitor", credentials=settings.nats_credentials("operator"),
+                       tls=settings.tls_context())
     monitor = await Monitor(nc, config).start()
     try:
         if args.once:
@@ -196,7 +197,8 @@ async def cmd_exporter(args: argparse.Namespace, settings: Settings) -> int:
 
     url = _nats_url(settings)
     nc = (
-        await connect(url, "refbus-exporter", credentials=settings.nats_credentials("operator"))
+        await connect(url, "refbus-exporter", credentials=settings.nats_credentials("operator"),
+                      tls=settings.tls_context())
         if _reachable(url) else None
     )
     monitor_url = monitoring_url(args, settings, url)

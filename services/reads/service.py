@@ -9,6 +9,7 @@ group, so more instances share the requests. docs/decisions/0023-need-to-know-re
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -136,11 +137,13 @@ def _viewed(stored: StoredEvent, sector: Sector, consent: set) -> reads.ViewedEv
 
 
 @asynccontextmanager
-async def serving(url: str, credentials: Credentials | None, wait: float = 5.0) -> AsyncIterator[ReadService]:
+async def serving(
+    url: str, credentials: Credentials | None, tls: ssl.SSLContext | None = None, wait: float = 5.0
+) -> AsyncIterator[ReadService]:
     """A read service of this process's own for the block's length (as the pager's identity): for a
     command on a data dir whose bus is not `up`, where no pager answers. Beside a running one it only
     shares the queue group."""
-    nc = await connect(url, "refbus-read-service", wait, credentials=credentials)
+    nc = await connect(url, "refbus-read-service", wait, credentials=credentials, tls=tls)
     service = ReadService(nc, wait)
     await service.start()
     try:

@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 from faststream import FastStream
 from faststream.nats import NatsBroker
-from faststream.nats.security import NatsNKey
+from faststream.nats.security import NatsNKey, NatsSecurity
 from nats.aio.client import Client as NATS
 
 from refbus.services.runtime.bus import connect_options, safe_url
 from refbus.services.runtime.health import serve_health
 from refbus.services.runtime.logs import configure_logging
 from refbus.services.runtime.settings import Settings
+from refbus.services.runtime.tls import PLAIN_REFUSED, upgraded
 
 
 def _faststream_logger() -> logging.Logger:
@@ -49,6 +50,11 @@ def service_app(
 
     # Its own identity: the seed of `name` (services/runtime/identities.py), its own reply prefix.
     options = connect_options(settings.nats_url or "", settings.nats_credentials(name))
+    # Over TLS when a CA is configured (Settings.tls_context), trusting it alone.
+    tls = settings.tls_context()
+    security: NatsSecurity | None = NatsSecurity(ssl_context=tls) if tls else None
+    if "nkeys_seed" in options:
+        security = NatsNKey.from_file(options["nkeys_seed"], ssl_context=tls)
     broker = NatsBroker(
         servers=(settings.nats_url or "").split(","),
         name=f"refbus-{name}",
@@ -56,7 +62,7 @@ def service_app(
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         inbox_prefix=options["inbox_prefix"],
-        security=NatsNKey.from_file(options["nkeys_seed"]) if "nkeys_seed" in options else None,
+        security=security,
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
@@ -66,6 +72,8 @@ def service_app(
 
     @app.after_startup
     async def started() -> None:
+        if tls is not None and not upgraded(broker.connection):
+            raise ConnectionError(f"{shown}: {PLAIN_REFUSED}")
         await start(broker.connection)
         if settings.health_port is not None:
             is_up = lambda: broker.connection.is_connected  # noqa: E731

@@ -45,6 +45,7 @@ from refbus.services.runtime.embedded import (
 )
 from refbus.services.runtime.identities import Credentials, IdentityError
 from refbus.services.runtime.settings import DEFAULT_MONITOR_PORT, DEFAULT_PORT, Settings
+from refbus.services.runtime.tls import PLAIN_REFUSED, describe_failure, upgraded
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +105,7 @@ def describe_error(exc: BaseException | None, timeout: float) -> str:
         return ("authorization refused: wrong or missing credentials (the identity's nkey seed: "
                 "REFBUS_NATS_NKEY_SEED_FILE, else <secrets>/nats/<identity>.nk)")
     if isinstance(exc, ssl.SSLError) or "tls" in text or "ssl" in text:
-        return f"TLS failed ({exc})"
+        return describe_failure(exc)
     if isinstance(exc, ConnectionRefusedError) or "refused" in text:
         return "connection refused: no server listens there"
     if isinstance(exc, OSError):
@@ -128,11 +129,11 @@ async def connect(
     timeout: float = 5.0,  # noqa: ASYNC109  # the bound is the point: it ends in one clear line
     *,
     reconnect: bool = True,
-    credentials: Credentials | None = None,
+    credentials: Credentials | None = None, tls: ssl.SSLContext | None = None,
 ) -> NATS:
     """Connect within `timeout` seconds or raise BusUnavailable naming the URL and the cause. Once
     connected the client reconnects for ever (`reconnect`), logging each disconnection in one line.
-    `credentials`: the identity to connect as (its seed and reply prefix); None: as the URL says."""
+    `credentials`: the identity (its seed and reply prefix), None: as the URL says; `tls`: TLS only."""
     last_error: list[BaseException] = []
     options = connect_options(url, credentials)
     connected = asyncio.Event()
@@ -163,10 +164,12 @@ async def connect(
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
-                **options,  # type: ignore[arg-type]
+                tls=tls, **options,  # type: ignore[arg-type]
             ),
             timeout,
         )
+        if tls is not None and not upgraded(nc):  # nats-py goes plain when a server does not ask for TLS
+            raise ssl.SSLError(PLAIN_REFUSED)
     except Exception as exc:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 1.0)
@@ -205,7 +208,8 @@ def _owner() -> str:
 
 async def _attach(record: ServerRecord, settings: Settings, name: str, credentials: Credentials) -> NATS:
     try:
-        nc = await connect(record.url, name, settings.connect_timeout, credentials=credentials)
+        nc = await connect(record.url, name, settings.connect_timeout, credentials=credentials,
+                           tls=settings.tls_context())
     except BusUnavailable as exc:
         if "authorization" not in str(exc):
             raise
@@ -247,7 +251,7 @@ async def _start_embedded(settings: Settings) -> EmbeddedNats:
             monitor_port=settings.monitor_port or (preferred_port(DEFAULT_MONITOR_PORT) if attempt == 0 else None),
             server_name=embedded_server_name(data_dir),
             config=DEFAULT_CONFIG,
-            env=users,
+            env=users, tls=settings.embedded_tls(),
         )
         starting = asyncio.ensure_future(server.astart())
         try:
@@ -273,7 +277,7 @@ async def _provision_as_admin(nc: NATS, url: str, settings: Settings, identity: 
     holds the seeds; no other command's user may write the key records)."""
     admin = nc if identity == "admin" else await connect(
         url, "refbus-provision", settings.connect_timeout, reconnect=False,
-        credentials=settings.nats_credentials("admin"),
+        credentials=settings.nats_credentials("admin"), tls=settings.tls_context(),
     )
     try:
         await streams.provision(admin.jetstream(), replicas=settings.replicas, wait=settings.connect_timeout + 10)
@@ -310,7 +314,7 @@ async def open_bus(
     if settings.nats_url:
         url = settings.nats_url
         provision = provision and identity == "admin"
-        nc = await connect(url, name, settings.connect_timeout, credentials=credentials)
+        nc = await connect(url, name, settings.connect_timeout, credentials=credentials, tls=settings.tls_context())
         server_name = (nc._server_info or {}).get("server_name", "?")
         description = f"using {safe_url(url)} (server {server_name})"
     else:
@@ -351,7 +355,7 @@ async def open_bus(
                     )
                     write_record(data_dir, record)
                     try:
-                        nc = await connect(server.url, name, settings.connect_timeout,
+                        nc = await connect(server.url, name, settings.connect_timeout, tls=settings.tls_context(),
                                            credentials=settings.nats_credentials(identity))
                     except BaseException:
                         remove_record(data_dir, record.pid)

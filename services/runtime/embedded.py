@@ -25,6 +25,7 @@ from pathlib import Path
 import structlog
 
 import refbus.deploy
+from refbus.services.runtime.tls import ServerTls
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,7 @@ class EmbeddedNats:
         extra_args: tuple[str, ...] = (),
         env: Mapping[str, str] | None = None,
         server_name: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -82,13 +84,16 @@ class EmbeddedNats:
         "Added to this process's environment for the server's (GODEBUG, GOMEMLIMIT, ...)."
         self.server_name = server_name
         "Overrides the config's server_name (-n) when given."
+        self.tls = tls
+        "TLS required on the client port with this certificate (flags: works with any config)."
         self.server_id: str | None = None
         "The server's id (from /varz) once started: tells this server from any later one on the same port."
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        # tls:// makes a client insist on TLS, whatever the server's first words say.
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> "EmbeddedNats":
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,7 @@ class EmbeddedNats:
             "-m", str(self.monitor_port),
             "-js", "-sd", str(self.data_dir),
             *(("-n", self.server_name) if self.server_name else ()),
+            *(self.tls.server_args() if self.tls else ()),
             *self.extra_args,
         ]  # fmt: skip
         with open(self.data_dir / "nats-server.log", "ab") as logfile:

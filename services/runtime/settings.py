@@ -7,6 +7,7 @@ naming the variable, what it must be and what it got (never a traceback at a use
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from refbus.services.audit.keys import Keyring
     from refbus.services.runtime.identities import Credentials
+    from refbus.services.runtime.tls import ServerTls
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_PORT = 4222
@@ -73,6 +75,9 @@ class Settings:
     nats_seed_file: Path | None = None
     "REFBUS_NATS_NKEY_SEED_FILE: the seed this process connects with, whatever its identity (a deployment's"
     " container runs one); None: <secrets>/nats/<identity>.nk when it exists (services/runtime/identities.py)."
+    tls_ca: Path | None = None
+    "REFBUS_TLS_CA: the CA certificate clients trust, and then connect over TLS only; None: <secrets>/tls/ca.pem"
+    " when it exists, else plain (docs/decisions/0025-tls.md)."
 
     @property
     def secrets(self) -> Path:
@@ -89,6 +94,31 @@ class Settings:
             return Credentials(identity, self.nats_seed_file)
         kept = seed_path(self.secrets / "nats", identity)
         return Credentials(identity, kept if kept.is_file() else None)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context clients connect with (trusting REFBUS_TLS_CA, else <secrets>/tls/ca.pem), or
+        None: no CA configured, plain connections. SettingsError names a CA file that is not one."""
+        from refbus.services.runtime.tls import CA_CERT, CertError, client_context
+
+        ca_file = self.tls_ca
+        if ca_file is None:
+            kept = self.secrets / "tls" / CA_CERT
+            if not kept.is_file():
+                return None
+            ca_file = kept
+        elif not ca_file.is_file():
+            raise SettingsError(f"REFBUS_TLS_CA names {ca_file}, which is not a file")
+        try:
+            return client_context(ca_file)
+        except CertError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def embedded_tls(self) -> "ServerTls | None":
+        """The embedded server's TLS files, <secrets>/tls/ as `refbus certs` writes them; None: none there,
+        the embedded server is plain (loopback; nkeys authenticate every client either way)."""
+        from refbus.services.runtime.tls import ServerTls
+
+        return ServerTls.in_folder(self.secrets / "tls")
 
     def keyring(self) -> "Keyring":
         """The signing keys in <secrets>/keys/ (<data_dir>/secrets unless REFBUS_SECRETS_DIR): made on
@@ -171,6 +201,7 @@ class Settings:
             "secrets_dir": Path(env["REFBUS_SECRETS_DIR"]) if env.get("REFBUS_SECRETS_DIR") else None,
             "keys_provisioned": _flag(env, "REFBUS_KEYS_PROVISIONED"),
             "nats_seed_file": Path(seed) if (seed := env.get("REFBUS_NATS_NKEY_SEED_FILE")) else None,
+            "tls_ca": Path(ca) if (ca := env.get("REFBUS_TLS_CA")) else None,
         }
         key = values["event_id_key_hex"]
         if key is not None:

@@ -27,7 +27,7 @@ import yaml
 from refbus.cli import _parser
 from refbus.contracts import subjects
 from refbus.contracts.vocabulary import Sector
-from refbus.services.runtime import identities
+from refbus.services.runtime import identities, tls
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -108,7 +108,10 @@ def test_every_nats_config_parses(config: Path, tmp_path: Path) -> None:
         # compose.yaml mounts each node's config next to nats-permissions.conf, which it includes.
         shutil.copy(PERMISSIONS, tmp_path / PERMISSIONS.name)
         config = Path(shutil.copy(config, tmp_path / "nats-server.conf"))
-    result = _nats_test(config, _nkey_env())
+    # The cluster nodes' tls {} blocks name `refbus certs`' files by REFBUS_TLS_*; -t reads them.
+    certs = tls.ServerTls.in_folder(tls.make_certs(tmp_path / "tls").folder)
+    assert certs is not None
+    result = _nats_test(config, _nkey_env() | certs.env())
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stderr
 
@@ -303,7 +306,7 @@ def test_the_docs_run_the_nats_server_from_the_venv() -> None:
 def _read_by_refbus() -> set[str]:
     sources = ["services/runtime/settings.py", "refbus/cli.py", "services/runtime/logs.py",
                "services/gateway/config.py", "services/gateway/credentials.py"]
-    names = set()
+    names = set(tls.SERVER_VARIABLES)  # the servers' tls {} blocks read them; `refbus certs` writes their files
     for source in sources:
         text = (ROOT / source).read_text()
         names |= set(re.findall(r"[\"'](REFBUS_[A-Z0-9_]+)[\"']", text))

@@ -37,7 +37,12 @@ def _refbus_services(compose: dict) -> dict[str, dict]:
 def test_compose_makes_the_keys_once_offline_and_keeps_the_master_to_itself() -> None:
     compose = _compose()
     init = compose["services"]["keys"]
-    assert init["command"] == ["refbus", "keys", "--out", "/var/lib/refbus/keys"]
+    assert init["command"][:2] == ["sh", "-c"]
+    script = init["command"][-1]
+    assert "refbus keys --out /var/lib/refbus/keys\n" in script
+    # TLS: the CA's key stays in the master volume too; only certificates and the CA go out.
+    assert "refbus certs --out /var/lib/refbus/key-master/tls --host nats-1 --host nats-2 --host nats-3" in script
+    assert "ca.key" not in script
     assert init["network_mode"] == "none" and init["restart"] == "no"
     assert init["environment"] == {"REFBUS_DATA_DIR": "/var/lib/refbus/key-master"}
     assert init["volumes"] == ["refbus-key-master:/var/lib/refbus/key-master", "refbus-keys:/var/lib/refbus/keys"]
