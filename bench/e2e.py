@@ -14,6 +14,7 @@ import nats
 from nats.aio.msg import Msg
 from processes import (  # bench/processes.py
     SIM_SPEED,
+    Secured,
     ServerGC,
     cpu_seconds,
     ms,
@@ -65,23 +66,27 @@ def refer_command(to: Sector, service: str, rng: random.Random) -> bytes:
 
 async def end_to_end(
     workdir: Path, rate: int = LATENCY_RATE, seconds: int = LATENCY_SECONDS, deadlines: bool = True,
-    webhooks: bool = True,
+    webhooks: bool = True, secured: bool = False,
 ) -> dict[str, object]:
     """Referrals through the four services as deployed, each event addressed to a sector also
-    delivered to its system by webhook (`webhooks`), the deadline service following (`deadlines`)."""
-    server, server_gc = ServerGC.server(workdir)
+    delivered to its system by webhook (`webhooks`), the deadline service following (`deadlines`);
+    `secured`: authentication and TLS on, every process its own identity over TLS."""
+    guard = Secured(workdir / "secrets") if secured else None
+    server, server_gc = ServerGC.server(workdir, guard)
     services: dict[Sector, subprocess.Popen[bytes]] = {}
     pager: subprocess.Popen[bytes] | None = None
     tracker: subprocess.Popen[bytes] | None = None
     sink = await WebhookSink().start() if webhooks else None
     try:
-        nc = await connect(server.url, "bench-e2e")
+        nc = await connect(server.url, "bench-e2e", **(guard.connect_options() if guard else {}))  # type: ignore[arg-type]
         await streams.provision(nc.jetstream())
-        services = start_services(server.url, sink)
-        pager = start_pager(server.url)
-        tracker = start_deadlines(server.url) if deadlines else None
+        services = start_services(server.url, sink, guard)
+        pager = start_pager(server.url, guard)
+        tracker = start_deadlines(server.url, guard) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
-        await gateway_answering(nc, Sector.SOCIAL)
+        # Commands go as the referring system would send them: under authentication, as social-system.
+        system = await connect(server.url, "bench-e2e-system", **(guard.connect_options("social-system") if guard else {}))  # type: ignore[arg-type]
+        await gateway_answering(system, Sector.SOCIAL)
         eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
         services_by_sector = {
@@ -107,7 +112,7 @@ async def end_to_end(
             to = sectors[i % 3]
             # As the referring system sends it: a command to its sector's gateway (services/gateway).
             command = refer_command(to, services_by_sector[to], rng)
-            sent.append(asyncio.create_task(nc.request(subjects.command_subject(Sector.SOCIAL, "refer"), command, 30)))
+            sent.append(asyncio.create_task(system.request(subjects.command_subject(Sector.SOCIAL, "refer"), command, 30)))
         answers = [msgspec.json.decode(reply.data) for reply in await asyncio.gather(*sent)]
         refused = [a for a in answers if a.get("status") != 201]
         if refused:
@@ -139,6 +144,7 @@ async def end_to_end(
         memory["pager"] = peak_rss_mb(pager.pid)
         if tracker:
             memory["deadlines"] = peak_rss_mb(tracker.pid)
+        await system.close()
         await nc.close()
     finally:
         try:

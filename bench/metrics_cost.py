@@ -22,7 +22,7 @@ THROUGHPUT_BUDGET = 0.05
 P99_BUDGET_MS = 2.0
 
 
-def _figures(run: dict[str, object]) -> dict[str, float]:
+def figures(run: dict[str, object]) -> dict[str, float]:
     received = run["request_to_received_ms"]  # type: ignore[index]
     return {
         "offered_referrals_per_s": float(run["offered_referrals_per_s"]),  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ async def compare(end_to_end: EndToEnd, workdir: Path, rate: int, seconds: int, 
                 print(f"metrics and deadlines {mode}: {rate}/s for {seconds} s (round {round_ + 1}/{rounds}) ...",
                       flush=True)
                 run = await end_to_end(workdir / f"metrics-{mode}-{round_}", rate, seconds, mode == "on")
-                runs[mode].append(_figures(run))
+                runs[mode].append(figures(run))
                 print(f"metrics {mode}: {runs[mode][-1]}", flush=True)  # each run as it ends
     finally:
         if before is None:

@@ -14,7 +14,9 @@ from pathlib import Path
 from webhook_sink import WebhookSink  # bench/webhook_sink.py
 
 from refbus.contracts.vocabulary import Sector
-from refbus.services.runtime.embedded import EmbeddedNats, free_port
+from refbus.services.runtime import identities
+from refbus.services.runtime.embedded import DEFAULT_CONFIG, UNAUTHENTICATED_CONFIG, EmbeddedNats, free_port
+from refbus.services.runtime.tls import CA_CERT, ServerTls, client_context, make_certs
 
 SIM_SPEED = 1000  # the simulated sectors decide in about a millisecond: we time the bus, not the humans
 
@@ -29,17 +31,51 @@ def ms(values: list[float]) -> dict[str, float]:
 
 
 
-def start_pager(url: str) -> subprocess.Popen[bytes]:
+class Secured:
+    """Authentication and TLS as a deployment runs them: the server with the permissions and every
+    identity's nkey (deploy/nats-server.conf), TLS from a local CA (`refbus certs`); each client and
+    service connects over TLS as its own identity (decisions 0020, 0025)."""
+
+    def __init__(self, secrets: Path) -> None:
+        self.secrets = secrets
+        make_certs(secrets / "tls")
+        self.public_keys = identities.ensure(secrets / "nats")
+
+    def server(
+        self, data_dir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> EmbeddedNats:
+        return EmbeddedNats(
+            data_dir, config=DEFAULT_CONFIG, env={**identities.server_env(self.public_keys), **(env or {})},
+            tls=ServerTls.in_folder(self.secrets / "tls"), extra_args=extra_args,
+        )
+
+    def connect_options(self, identity: str = "admin") -> dict[str, object]:
+        """`refbus.services.runtime.bus.connect`'s keywords for `identity`."""
+        seed = identities.seed_path(self.secrets / "nats", identity)
+        tls = client_context(self.secrets / "tls" / CA_CERT)
+        return {"credentials": identities.Credentials(identity, seed), "tls": tls}
+
+    def env(self) -> dict[str, str]:
+        """A service process's environment: it finds its own seed and the CA there."""
+        return {"REFBUS_SECRETS_DIR": str(self.secrets), "REFBUS_TLS_CA": str(self.secrets / "tls" / CA_CERT)}
+
+
+def service_env(url: str, secured: Secured | None, **values: str) -> dict[str, str]:
+    return {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING", **(secured.env() if secured else {}),
+            **values}
+
+
+def start_pager(url: str, secured: Secured | None = None) -> subprocess.Popen[bytes]:
     """The history pager as in production: its own process, at lower CPU priority (`refbus service pager`)."""
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
+    env = service_env(url, secured)
     return subprocess.Popen(
         [sys.executable, "-m", "refbus.cli", "service", "pager"], env=env, stdout=subprocess.DEVNULL
     )
 
 
-def start_deadlines(url: str) -> subprocess.Popen[bytes]:
+def start_deadlines(url: str, secured: Secured | None = None) -> subprocess.Popen[bytes]:
     """The deadline service as in production: its own process (`refbus service deadlines`)."""
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_LOG_LEVEL": "WARNING"}
+    env = service_env(url, secured)
     return subprocess.Popen(
         [sys.executable, "-m", "refbus.cli", "service", "deadlines"], env=env, stdout=subprocess.DEVNULL
     )
@@ -76,10 +112,13 @@ class ServerGC:
         self.started = time.perf_counter()
 
     @classmethod
-    def server(cls, data_dir: Path) -> tuple[EmbeddedNats, "ServerGC"]:
-        """A server started with its collections traced (its start time taken just before)."""
+    def server(cls, data_dir: Path, secured: Secured | None = None) -> tuple[EmbeddedNats, "ServerGC"]:
+        """A server started with its collections traced (its start time taken just before); with
+        authentication and TLS when `secured`."""
         port = free_port()
-        server = EmbeddedNats(data_dir, extra_args=("--profile", str(port)), env={"GODEBUG": "gctrace=1"})
+        profile, trace = ("--profile", str(port)), {"GODEBUG": "gctrace=1"}
+        server = (secured.server(data_dir, profile, trace) if secured
+                  else EmbeddedNats(data_dir, config=UNAUTHENTICATED_CONFIG, extra_args=profile, env=trace))
         traced = cls(data_dir, port)
         return server.start(), traced
 
@@ -147,14 +186,15 @@ class PagerProcess:
     checkpoint), and stopped for good once it has paged the million events; its CPU time and peak
     memory over its lives."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, secured: Secured | None = None) -> None:
         self.url = url
+        self.secured = secured
         self.process: subprocess.Popen[bytes] | None = None
         self.cpu_s = 0.0
         self.peak_rss_mb = 0.0
 
     def start(self) -> None:
-        self.process = start_pager(self.url)
+        self.process = start_pager(self.url, self.secured)
 
     def stop(self) -> None:
         if self.process is None:
@@ -165,8 +205,10 @@ class PagerProcess:
         stop_all([process], wait=60)  # it pages what it holds and checkpoints on the way out
 
 
-def start_services(url: str, webhooks: WebhookSink | None = None) -> dict[Sector, subprocess.Popen[bytes]]:
-    env = {**os.environ, "REFBUS_NATS_URL": url, "REFBUS_SIM_SPEED": str(SIM_SPEED), "REFBUS_LOG_LEVEL": "WARNING"}
+def start_services(
+    url: str, webhooks: WebhookSink | None = None, secured: Secured | None = None
+) -> dict[Sector, subprocess.Popen[bytes]]:
+    env = service_env(url, secured, REFBUS_SIM_SPEED=str(SIM_SPEED))
     if webhooks is not None:  # each sector's system takes its deliveries by webhook
         env.update({f"REFBUS_WEBHOOK_{s.value.upper()}": webhooks.url(s.value) for s in Sector})
     return {

@@ -29,7 +29,7 @@ from audit import measure as audit_measure  # bench/audit.py
 from e2e import LATENCY_RATE, LATENCY_SECONDS, end_to_end  # bench/e2e.py
 from gateway import gateway_bench  # bench/gateway.py (this script's directory is on the path)
 from nats.js.api import DeliverPolicy
-from processes import PagerProcess, ServerGC, ms, server_settled  # bench/processes.py
+from processes import PagerProcess, Secured, ServerGC, ms, server_settled  # bench/processes.py
 
 from refbus.contracts import codec, subjects
 from refbus.contracts.events import Event
@@ -245,9 +245,11 @@ async def measure_log(
     pilot_file: Path,
     fill_file: Path,
     appended: list[list[Event]],
+    secured: Secured,
 ) -> dict[str, object]:
-    """Ingest, append, history and replay figures, on one server with the log growing to 1M events."""
-    nc = await connect(server.url, "bench")
+    """Ingest, append, history and replay figures, on one server with the log growing to 1M events,
+    authentication and TLS on: both sides connect as the admin over TLS (decisions 0020, 0025)."""
+    nc = await connect(server.url, "bench", **secured.connect_options())  # type: ignore[arg-type]
     js = nc.jetstream()
     await streams.provision(js)
     raw_config = streams.log_config()
@@ -345,6 +347,33 @@ async def measure_log(
     return results
 
 
+async def plain_wire_appends(workdir: Path, appended: list[list[Event]], keys_dir: Path) -> dict[str, object]:
+    """The same appends, in turns as in measure_log, on a fresh server without authentication or TLS:
+    what the secured figures cost (the events are new to this server)."""
+    server, server_gc = ServerGC.server(workdir)
+    try:
+        nc = await connect(server.url, "bench-plain")
+        js = nc.jetstream()
+        await streams.provision(js)
+        raw_config = streams.log_config()
+        raw_config.name, raw_config.subjects = RAW_STREAM, ["bench.raw.>"]
+        await js.add_stream(raw_config)
+        eventlog = JetStreamEventStore(nc, timeout=10, ring=keys.ensure(keys_dir / "keys"))
+        trials: dict[str, list[float]] = {"raw_atomic_batch_500": [], "refbus_group_commit": []}
+        for events in appended:
+            raw = [(f"bench.raw.{e.child}.{e.from_sector.value}.none", codec.encode(e)) for e in events]
+            await server_quiet(eventlog, server, server_gc)
+            trials["raw_atomic_batch_500"].append(await raw_atomic_batches(nc, raw))
+            await server_quiet(eventlog, server, server_gc)
+            trials["refbus_group_commit"].append(await our_append(eventlog, events))
+        await nc.close()
+    finally:
+        server.stop()
+    best = {k: round(max(v)) for k, v in trials.items()}
+    return {"events_per_s": best, "trials_events_per_s": {k: [round(x) for x in v] for k, v in trials.items()},
+            "append_ratio": round(best["refbus_group_commit"] / best["raw_atomic_batch_500"], 3)}
+
+
 async def run(workdir: Path) -> dict[str, object]:
     print("generating the pilot registry (550,000 events) and the rest of a 1,000,000-event log ...", flush=True)
     pilot = pilot_events(seed=1)
@@ -361,13 +390,16 @@ async def run(workdir: Path) -> dict[str, object]:
     gc.collect()
     gc.freeze()
 
-    server, server_gc = ServerGC.server(workdir / "nats")
-    pager = PagerProcess(server.url)
+    secured = Secured(workdir / "secrets")
+    server, server_gc = ServerGC.server(workdir / "nats", secured)
+    pager = PagerProcess(server.url, secured)
     try:
-        results = await measure_log(server, server_gc, pager, samples, pilot_file, fill_file, appended)
+        results = await measure_log(server, server_gc, pager, samples, pilot_file, fill_file, appended, secured)
     finally:
         pager.stop()
         server.stop()  # also when a measurement fails: no orphaned processes
+    print("appending again on a server without authentication or TLS (their cost) ...", flush=True)
+    results["append_plain_wire"] = await plain_wire_appends(workdir / "plain", appended[:2], pilot_file.parent)
 
     print(f"end to end: {LATENCY_RATE} referrals/s for {LATENCY_SECONDS} s through the four services ...", flush=True)
     e2e = await end_to_end(workdir / "e2e")
@@ -393,6 +425,14 @@ async def run(workdir: Path) -> dict[str, object]:
     results["service_peak_rss_mb"] = e2e["service_peak_rss_mb"]
     # The services' metrics off and on at the latency rate (bench/metrics_cost.py).
     results["metrics_cost"] = await metrics_cost.compare(end_to_end, workdir / "metrics", COST_RATE, LATENCY_SECONDS)
+    # Authentication and TLS on every connection, at the same rate: against the metrics-on run above.
+    print(f"end to end with authentication and TLS: {COST_RATE}/s for {LATENCY_SECONDS} s ...", flush=True)
+    secured_run = metrics_cost.figures(await end_to_end(workdir / "secured", COST_RATE, LATENCY_SECONDS, secured=True))
+    plain_run = results["metrics_cost"]["metrics_on"]  # type: ignore[index]
+    results["secured_cost"] = {
+        "rate": COST_RATE, "plain": plain_run, "secured": secured_run,
+        "throughput_cost": round(1 - plain_run["cpu_ms_per_referral"] / secured_run["cpu_ms_per_referral"], 4),
+    }
     return results
 
 
@@ -409,10 +449,16 @@ def table(results: dict) -> str:
         f"{max(a['raw_publish_async'], a['raw_atomic_batch_500']):>14,}{results['append_ratio']:>8}   >= 0.5",
         f"{'   raw publish_async / atomic batch 500':<46}{'':>14}"
         f"{a['raw_publish_async']:>7,}/{a['raw_atomic_batch_500']:,}",
+        f"{'   (authentication and TLS on, both sides)':<46}",
         f"{'replay of the whole log, events/s':<46}{r['refbus']:>14,}{r['raw_ordered_consumer']:>14,}"
         f"{results['replay_ratio']:>8}   >= 0.7",
         f"{'pilot ingest (550,000 events), s':<46}{results['pilot_ingest_s']:>14}{'':>22}   < 60",
     ]
+    if "append_plain_wire" in results:
+        plain = results["append_plain_wire"]
+        lines.append(f"{'append without auth/TLS, events/s (their cost)':<46}"
+                     f"{plain['events_per_s']['refbus_group_commit']:>14,}"
+                     f"{plain['events_per_s']['raw_atomic_batch_500']:>14,}{plain['append_ratio']:>8}")
     for size, samples in h.items():
         uniform, weighted, again = samples["uniform"], samples["activity_weighted"], samples["uniform_again"]
         lines.append(
@@ -466,6 +512,13 @@ def table(results: dict) -> str:
                      f"{au['append_unsigned_per_s']:>14,}{au['append_ratio']:>8}   (100k; signing's own cost)")
         lines.append(f"{'verify / replay, events/s':<46}{au['verify_per_s']:>14,}{au['replay_per_s']:>14,}"
                      f"{au['verify_ratio']:>8}   >= 0.5")
+    if "secured_cost" in results:
+        sc = results["secured_cost"]
+        plain, secured = sc["plain"], sc["secured"]
+        lines.append(f"{'e2e at ' + str(sc['rate']) + '/s: auth+TLS off/on, CPU ms/referral':<46}"
+                     f"{plain['cpu_ms_per_referral']:>7}/{secured['cpu_ms_per_referral']}"
+                     f"   (cost {sc['throughput_cost']:.1%}; received p99 {plain['received_p99_ms']}/"
+                     f"{secured['received_p99_ms']} ms)")
     memory = e["service_peak_rss_mb"]
     lines.append(f"{'peak RSS per service, MB':<46}" + ", ".join(f"{k} {v}" for k, v in memory.items()))
     return "\n".join(lines)
