@@ -85,7 +85,8 @@ async def end_to_end(
         tracker = start_deadlines(server.url, guard) if deadlines else None
         await asyncio.sleep(3)  # let each service connect and bind its inbox
         # Commands go as the referring system would send them: under authentication, as social-system.
-        system = await connect(server.url, "bench-e2e-system", **(guard.connect_options("social-system") if guard else {}))  # type: ignore[arg-type]
+        as_system = guard.connect_options("social-system") if guard else {}
+        system = await connect(server.url, "bench-e2e-system", **as_system)  # type: ignore[arg-type]
         await gateway_answering(system, Sector.SOCIAL)
         eventlog = JetStreamEventStore(nc)
         sectors = [s for s in Sector if s is not Sector.SOCIAL]
@@ -112,7 +113,8 @@ async def end_to_end(
             to = sectors[i % 3]
             # As the referring system sends it: a command to its sector's gateway (services/gateway).
             command = refer_command(to, services_by_sector[to], rng)
-            sent.append(asyncio.create_task(system.request(subjects.command_subject(Sector.SOCIAL, "refer"), command, 30)))
+            refer = subjects.command_subject(Sector.SOCIAL, "refer")
+            sent.append(asyncio.create_task(system.request(refer, command, 30)))
         answers = [msgspec.json.decode(reply.data) for reply in await asyncio.gather(*sent)]
         refused = [a for a in answers if a.get("status") != 201]
         if refused:

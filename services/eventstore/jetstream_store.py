@@ -38,6 +38,11 @@ class JetStreamEventStore(EventStore):
     async def append(
         self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
     ) -> list[int]:
+        return (await self.append_linked(child, expected_last_seq, events, prev))[0]
+
+    async def append_linked(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
+    ) -> tuple[list[int], proof.Link]:
         prev = await self._prev_link(child, expected_last_seq, prev)
         return await self._writer.append(child, expected_last_seq, events, prev)
 

@@ -70,7 +70,7 @@ class EventStore(ABC):
                 return Transacted([], state, duplicates)
             try:
                 prev = await self._link_before(child, state, expected)
-                stored = await self.append(child, expected, events, prev)
+                stored, link = await self.append_linked(child, expected, events, prev)
             except ConcurrencyConflict as conflict:
                 log.info("append_conflict", child=child, attempt=attempt, expected=conflict.expected)
                 min_seq = max(min_seq, conflict.actual)
@@ -78,7 +78,7 @@ class EventStore(ABC):
                 if attempt + 1 < attempts:
                     await asyncio.sleep(min(0.5, 0.002 * 2**attempt))
                 continue
-            self._appended(state, prev, events, stored)
+            self._appended(state, link, stored)
             return Transacted(stored, state, duplicates)
         raise ConcurrencyConflict(child, -1, f"still conflicting after {attempts} attempts")
 
@@ -117,7 +117,7 @@ class EventStore(ABC):
                 continue
             results = {child: Transacted([], states[child], checked[child][1]) for child in children}
             for (child, _, events, prev), seqs in zip(units, stored, strict=True):
-                self._appended(states[child], prev, events, seqs)
+                self._appended(states[child], _chained(prev, events), seqs)
                 results[child] = Transacted(seqs, states[child], checked[child][1])
             return [results[child] for child in children]
         raise ConcurrencyConflict(",".join(children), -1, f"still conflicting after {attempts} attempts")
@@ -128,12 +128,10 @@ class EventStore(ABC):
         known = proof.Link(state.chain_pos, state.chain_hash) if state.chain_seq == expected else None
         return await self._prev_link(child, expected, known)
 
-    def _appended(self, state: ChildState, prev: proof.Link, events: Sequence[Event], seqs: list[int]) -> None:
-        """`state` (which `events` were applied to) moved to their stored sequences and chain link,
-        and kept: the expected-sequence check proved nothing came between."""
-        link = prev
-        for event in events:
-            link = proof.next_link(link, codec.encode(event))
+    def _appended(self, state: ChildState, link: proof.Link, seqs: list[int]) -> None:
+        """`state` (which the appended events were applied to) moved to their stored sequences and
+        chain link (`link`: the newest's), and kept: the expected-sequence check proved nothing came
+        between."""
         state.last_seq = max(state.last_seq, seqs[-1])
         state.chain_pos, state.chain_hash, state.chain_seq = link.pos, link.hash, seqs[-1]
         self._remember(state.copy())
@@ -153,6 +151,14 @@ class EventStore(ABC):
         """Several children's events stored all together or none, each (child, expected last
         sequence, events, the child's newest chain link) checked as `append` checks one; their
         sequences, per unit. No rules checked here: write through `transact_together`."""
+
+    async def append_linked(
+        self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link | None = None
+    ) -> tuple[list[int], proof.Link]:
+        """`append`, and the child's chain link after the events (a store that builds the links as it
+        writes hands back its own: the JetStream store's writer, so nothing is encoded twice)."""
+        stored = await self.append(child, expected_last_seq, events, prev)
+        return stored, _chained(await self._prev_link(child, expected_last_seq, prev), events)
 
     async def _prev_link(self, child: str, expected_last_seq: int, prev: proof.Link | None) -> proof.Link:
         if prev is not None:
@@ -244,6 +250,14 @@ class EventStore(ABC):
         self._recent.move_to_end(state.child)
         if len(self._recent) > RECENT_CHILDREN:
             self._recent.popitem(last=False)
+
+
+def _chained(prev: proof.Link, events: Sequence[Event]) -> proof.Link:
+    """The chain link after `events`, from `prev`."""
+    link = prev
+    for event in events:
+        link = proof.next_link(link, codec.encode(event))
+    return link
 
 
 def _checked(state: ChildState, decided: Iterable[Event]) -> tuple[list[Event], int]:

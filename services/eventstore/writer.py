@@ -52,9 +52,10 @@ def headers_for(event: Event, expected_last_seq: int | None) -> dict[str, str]:
 def messages_for(
     events: Sequence[Event], expected_last_seq: int, prev: proof.Link = proof.START,
     ring: keys.Keyring | None = None,
-) -> list[jetstream.Message]:
+) -> tuple[list[jetstream.Message], proof.Link]:
     """The unit's messages, each linked to the one before it in the child's chain (`prev`: the
-    child's newest link) and naming the key its sender signs with (signed when its batch is sent)."""
+    child's newest link) and naming the key its sender signs with (signed when its batch is sent);
+    and the link of the last (the child's newest once they are stored)."""
     messages: list[jetstream.Message] = []
     for i, e in enumerate(events):
         payload = codec.encode(e)
@@ -65,7 +66,7 @@ def messages_for(
         if kid is not None:
             headers[proof.KEY] = kid
         messages.append((subjects.event_subject(e.child, e.from_sector, e.to_sector), payload, headers))
-    return messages
+    return messages, prev
 
 
 @dataclass(slots=True)
@@ -106,17 +107,16 @@ class GroupCommit:
 
     async def append(
         self, child: str, expected_last_seq: int, events: Sequence[Event], prev: proof.Link = proof.START
-    ) -> list[int]:
+    ) -> tuple[list[int], proof.Link]:
+        """The events' sequences once stored, and the child's chain link after them."""
         if not 1 <= len(events) <= MAX_BATCH:
             raise ValueError(f"1..{MAX_BATCH} events per append, not {len(events)}")
         ring = self.ring or keys.installed()
-        unit = _Unit(
-            child, expected_last_seq, events, messages_for(events, expected_last_seq, prev, ring),
-            asyncio.get_running_loop().create_future(),
-        )
+        messages, link = messages_for(events, expected_last_seq, prev, ring)
+        unit = _Unit(child, expected_last_seq, events, messages, asyncio.get_running_loop().create_future())
         self._queue.append(unit)
         self._start_batches()
-        return await unit.done
+        return await unit.done, link
 
     async def append_together(
         self, units: Sequence[tuple[str, int, Sequence[Event], proof.Link]]
@@ -126,7 +126,7 @@ class GroupCommit:
         ring = self.ring or keys.installed()
         loop = asyncio.get_running_loop()
         batch = [
-            _Unit(child, expected, events, messages_for(events, expected, prev, ring), loop.create_future())
+            _Unit(child, expected, events, messages_for(events, expected, prev, ring)[0], loop.create_future())
             for child, expected, events, prev in units
         ]
         await self._publish_atomic(batch, split_duplicates=False)

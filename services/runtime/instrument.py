@@ -30,10 +30,10 @@ LAG_SAMPLE_S = 5.0
 class MeteredEventStore(JetStreamEventStore):
     """The JetStream store, counting what it appends (refbus_events_out_total)."""
 
-    async def append(  # type: ignore[override]
+    async def append_linked(  # type: ignore[override]
         self, child: str, expected_last_seq: int, events: Sequence[Event], *args: Any, **kwargs: Any
-    ) -> list[int]:
-        stored = await super().append(child, expected_last_seq, events, *args, **kwargs)
+    ) -> tuple[list[int], Any]:
+        stored = await super().append_linked(child, expected_last_seq, events, *args, **kwargs)
         counts = metrics.HOT.events_out
         for event in events:
             # Sector and type values of a decoded event are the contract's own: the closed lists.
