@@ -53,9 +53,12 @@ def access_subject(child: str) -> str:
 CHILD_INDEX_TRANSFORM = (f"{PREFIX}.ev.*.*.*", f"{PREFIX}.child.{{{{wildcard(1)}}}}")
 
 
+_NAMES: dict[Sector | None, str] = {**{s: s.value for s in Sector}, None: NO_SECTOR}
+"Each sector's name in a subject: a dict lookup, where an Enum's `.value` costs ~0.3 µs (once per event written)."
+
+
 def event_subject(child: str, from_sector: Sector, to_sector: Sector | None) -> str:
-    to = to_sector.value if to_sector is not None else NO_SECTOR
-    return f"{PREFIX}.ev.{child}.{from_sector.value}.{to}"
+    return f"{PREFIX}.ev.{child}.{_NAMES[from_sector]}.{_NAMES[to_sector]}"
 
 
 _CHILD = re.compile(ChildRef.__metadata__[0].pattern)  # type: ignore[attr-defined]

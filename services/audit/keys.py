@@ -59,11 +59,16 @@ SERVICES_WITH_EVENT_IDS = (*(s.value for s in Sector), "deadlines")
 "The services that derive event ids, so need the deployment's event-id key."
 
 
+_NOTICES = frozenset((ReferralOverdue, ReferralEscalated))
+_OWNERS = {sector: sector.value for sector in Sector}
+"Once per event written: a set and a dict lookup, not a union isinstance and an Enum's `.value`."
+
+
 def signer(event: Event) -> str:
     """The owner whose key signs `event`: its sender, except a deadline notice, which the deadline
     service writes as the sector's note to itself and signs with a key of its own (the only events it
     can sign, so it holds no sector's key)."""
-    return DEADLINES if isinstance(event, ReferralOverdue | ReferralEscalated) else event.from_sector.value
+    return DEADLINES if type(event) in _NOTICES else _OWNERS[event.from_sector]
 
 
 def may_sign(owner: str, event: Event) -> bool:
