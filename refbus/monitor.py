@@ -278,4 +278,7 @@ def render(snapshot: dict) -> "Group":  # type: ignore[type-arg]
     )
     if log["follow_error"]:
         footer.append(f"\n{log['follow_error']}", style="red")
+    if js.get("foreign_deliveries"):
+        footer.append(f"\nconsumers pushing outside the reply inboxes (delete them, then `refbus verify`): "
+                      f"{', '.join(js['foreign_deliveries'])}", style="bold red")
     return Group(matrix, Panel(funnel_text, title="funnel", expand=False), sectors, footer)

@@ -18,6 +18,7 @@ def publish(state: ServerState, dead_letters: dict[str, int] | None) -> None:
     metrics.JS_UP.set(0 if state.source == "unavailable" else 1)
     metrics.JS_STORAGE.set(state.storage)
     metrics.JS_STORAGE_LIMIT.set(state.storage_limit)
+    metrics.FOREIGN_DELIVERIES.set(len(state.foreign_deliveries))
     for gauge in (
         metrics.STREAM_MESSAGES, metrics.STREAM_BYTES, metrics.STREAM_MAX_BYTES, metrics.STREAM_MAX_MESSAGES,
         metrics.CONSUMER_PENDING, metrics.CONSUMER_ACK_PENDING, metrics.CONSUMER_REDELIVERED, metrics.CONSUMER_WAITING,

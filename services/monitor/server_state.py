@@ -54,12 +54,23 @@ class ServerState:
     streams: dict[str, StreamState] = field(default_factory=dict)
     consumers: dict[str, ConsumerState] = field(default_factory=dict)
     "Durable consumers only, by name (ordered consumers come and go under random names)."
+    foreign_deliveries: list[str] = field(default_factory=list)
+    """`stream/consumer` of every consumer that pushes to a subject outside the reply inboxes: refbus
+    uses pull consumers and inbox-bound ordered ones only, and the server does not hold a push
+    consumer's deliver subject to its creator's publish permissions (nats-server#8274), so one can
+    write into another stream. An alarm, not a flow (docs/decisions/0024-auditor-identity.md)."""
     connections: dict[str, int] | None = None
     "refbus services connected, by service (from /connz); None when the endpoint is not read."
     error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def foreign_delivery(deliver_subject: object) -> bool:
+    """A push consumer's deliver subject that is not a reply inbox (`_INBOX.` ...): where no refbus
+    component delivers."""
+    return bool(deliver_subject) and not str(deliver_subject).startswith("_INBOX.")
 
 
 def _get_json(url: str, timeout: float) -> dict[str, object]:
@@ -80,6 +91,8 @@ def _from_jsz(jsz: dict[str, object]) -> ServerState:
                 int(config.get("max_bytes", -1)), int(config.get("max_msgs", -1)), int(st.get("last_seq", 0)),
             )
             for consumer in stream.get("consumer_detail") or []:
+                if foreign_delivery((consumer.get("config") or {}).get("deliver_subject")):
+                    state.foreign_deliveries.append(f"{name}/{consumer['name']}")
                 if not (consumer.get("config") or {}).get("durable_name"):
                     continue
                 state.consumers[consumer["name"]] = ConsumerState(
@@ -125,9 +138,11 @@ async def from_api(nc: NATS, wait: float = 2.0) -> ServerState:
             name, info.state.messages, info.state.bytes, info.config.max_bytes or -1,
             info.config.max_msgs or -1, info.state.last_seq,
         )
-    for name in (subjects.STREAM,):
+    for name in state.streams:
         for consumer in await js.consumers_info(name):
-            if consumer.config.durable_name:
+            if foreign_delivery(consumer.config.deliver_subject):
+                state.foreign_deliveries.append(f"{name}/{consumer.name}")
+            if name == subjects.STREAM and consumer.config.durable_name:
                 state.consumers[consumer.name] = ConsumerState(
                     name, consumer.name, consumer.num_pending or 0, consumer.num_ack_pending or 0,
                     consumer.num_redelivered or 0, consumer.num_waiting or 0,

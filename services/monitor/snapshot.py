@@ -156,6 +156,7 @@ class Monitor:
                 "storage": self.server.storage,
                 "storage_limit": self.server.storage_limit,
                 "error": self.server.error,
+                "foreign_deliveries": self.server.foreign_deliveries,
             },
         }
 

@@ -289,6 +289,11 @@ CONSUMER_WAITING = Gauge(
     "refbus_jetstream_consumer_num_waiting", "Pull requests waiting on a durable consumer (a live puller)",
     CONSUMER, registry=JETSTREAM_REGISTRY,
 )
+FOREIGN_DELIVERIES = Gauge(
+    "refbus_jetstream_foreign_push_consumers",
+    "Consumers that push to a subject outside the reply inboxes (none of refbus's own do; an alarm)",
+    registry=JETSTREAM_REGISTRY,
+)
 DEAD_LETTERS_STORED = Gauge(
     "refbus_dead_letter_stream_messages", "Dead letters kept in REFBUS_DEAD_LETTERS, by sector",
     ("sector",), registry=JETSTREAM_REGISTRY,

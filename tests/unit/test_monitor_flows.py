@@ -69,13 +69,15 @@ def test_server_state_from_jsz_and_connz() -> None:
             "consumer_detail": [
                 {"name": "inbox-health", "config": {"durable_name": "inbox-health"}, "num_pending": 3,
                  "num_ack_pending": 2, "num_redelivered": 1, "num_waiting": 1},
-                {"name": "ordered-xyz", "config": {}, "num_pending": 9},
+                {"name": "ordered-xyz", "config": {"deliver_subject": "_INBOX.admin.x"}, "num_pending": 9},
+                {"name": "pushy", "config": {"deliver_subject": "refbus.seal"}},
             ],
         }]}],
     }
     state = _from_jsz(jsz)
     assert state.streams["REFBUS"].messages == 5 and state.storage_limit == 100
     assert list(state.consumers) == ["inbox-health"] and state.consumers["inbox-health"].num_pending == 3
+    assert state.foreign_deliveries == ["REFBUS/pushy"]  # the ordered one delivers to a reply inbox
     connz = {"connections": [{"name": "refbus-health"}, {"name": "refbus-health"}, {"name": "someone"}, {}]}
     assert _connections(connz)["health"] == 2 and _connections(connz)["social"] == 0
     assert dead_letter_sector("refbus.dead.justice") == "justice"
