@@ -126,7 +126,7 @@ class ReadService:
         return reads.ViewReply(events=events, next_after=newest)
 
 
-def _viewed(stored: StoredEvent, sector: Sector, consent: set) -> reads.ViewedEvent:  # type: ignore[type-arg]
+def _viewed(stored: StoredEvent, sector: Sector, consent: set[Sector]) -> reads.ViewedEvent:
     stored_ns = int(stored.stored_at.timestamp() * 1_000_000) * 1000
     proof = (stored.chain, stored.key, stored.sig)
     if stored.event is None:
