@@ -18,6 +18,7 @@ from refbus.services.rules.state import ChildState, Referral
 from refbus.services.runtime.bus import connect
 from refbus.services.runtime.identities import Credentials
 from refbus.services.runtime.settings import Settings
+from refbus.services.runtime.tls import client_context
 from refbus.services.sector.app import sector_app
 
 TEST_EVENT_ID_KEY = secrets.token_bytes(32)
@@ -46,7 +47,8 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
     settings.setdefault("event_id_key_hex", TEST_EVENT_ID_KEY.hex())
     apps = {s: sector_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
     sector_seed: Path | None = settings.get("nats_seed_file")  # type: ignore[assignment]
-    async with read_service(url, sector_seed.parent / "pager.nk" if sector_seed else None):  # the pager's is beside
+    pager_seed = sector_seed.parent / "pager.nk" if sector_seed else None  # the pager's is beside
+    async with read_service(url, pager_seed, settings.get("tls_ca")):  # type: ignore[arg-type]
         for app in apps.values():
             await app.start()
         try:
@@ -57,10 +59,13 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
 
 
 @asynccontextmanager
-async def read_service(url: str, pager_seed: Path | None = None) -> AsyncIterator[ReadService]:
+async def read_service(
+    url: str, pager_seed: Path | None = None, tls_ca: Path | None = None
+) -> AsyncIterator[ReadService]:
     """The sectors' read service (it runs in the pager's process in production), as the pager when
-    given its seed."""
-    nc = await connect(url, "test-read-service", credentials=Credentials("pager", pager_seed) if pager_seed else None)
+    given its seed, over TLS when given the CA."""
+    nc = await connect(url, "test-read-service", credentials=Credentials("pager", pager_seed) if pager_seed else None,
+                       tls=client_context(tls_ca) if tls_ca else None)
     service = ReadService(nc)
     await service.start()
     try:

@@ -13,7 +13,7 @@ from refbus.services.runtime.embedded import EmbeddedNats
 from tests.factories import new_child, record, request
 from tests.faults.checks import assert_nothing_lost_or_doubled, scan
 from tests.faults.load import FaultResult, first_service_event_after, now, service_event_times
-from tests.services import wait_for
+from tests.services import read_service, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -32,6 +32,13 @@ def start_service(server: EmbeddedNats, log_path: Path) -> subprocess.Popen[byte
 
 
 async def test_a_service_killed_while_handling_resumes_without_duplicates(
+    own_server: EmbeddedNats, own_log: JetStreamEventStore, tmp_path: Path, fault_results: list
+) -> None:
+    async with read_service(own_server.url):  # the pager's in production: the service reads children through it
+        await _killed_and_resumed(own_server, own_log, tmp_path, fault_results)
+
+
+async def _killed_and_resumed(
     own_server: EmbeddedNats, own_log: JetStreamEventStore, tmp_path: Path, fault_results: list
 ) -> None:
     first = start_service(own_server, tmp_path / "health-1.log")
