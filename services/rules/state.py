@@ -144,6 +144,7 @@ class ChildState:
         copied.consent = set(self.consent)
         copied.referrals = {rid: r.copy() for rid, r in self.referrals.items()}
         copied.owed_cancels = dict(self.owed_cancels)  # its values are immutable
+        copied.linked_from = list(self.linked_from)
         copied.illegal = dict(self.illegal)
         return copied
 

@@ -117,3 +117,20 @@ async def test_a_state_handed_out_is_a_copy() -> None:
     again = await store.load(child)
     again.referrals[req.referral_id].steps["x"] = 9
     assert (await store.load(child)).referrals[req.referral_id].steps.get("x") is None
+
+
+def test_a_copy_of_a_state_shares_nothing_mutable_with_it() -> None:
+    """The store keeps states and hands out copies that `transact` applies events to tentatively: a
+    container shared between the two let a refused write change the kept state (a racing link left a
+    reference both source and target: `linked_from` was shared)."""
+    import dataclasses
+
+    from refbus.services.rules.state import ChildState
+
+    state = ChildState(child=new_child(), linked_from=["c0123456789abcdef"])
+    copied = state.copy()
+    containers = [f.name for f in dataclasses.fields(ChildState) if f.default_factory is not dataclasses.MISSING]
+    assert "linked_from" in containers
+    for name in containers:
+        assert getattr(copied, name) is not getattr(state, name), name
+        assert getattr(copied, name) == getattr(state, name), name
