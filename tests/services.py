@@ -3,7 +3,7 @@
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,10 +12,9 @@ from faststream import FastStream
 from refbus.contracts.events import ReferralEvent
 from refbus.contracts.vocabulary import Sector
 from refbus.services.eventstore.jetstream_store import JetStreamEventStore
-from refbus.services.reads.service import ReadService
+from refbus.services.reads.service import ReadService, serving
 from refbus.services.rules.policy import OnwardReferral, SectorPolicy, Step
 from refbus.services.rules.state import ChildState, Referral
-from refbus.services.runtime.bus import connect
 from refbus.services.runtime.identities import Credentials
 from refbus.services.runtime.settings import Settings
 from refbus.services.runtime.tls import client_context
@@ -58,21 +57,13 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
                 await app.stop()
 
 
-@asynccontextmanager
-async def read_service(
+def read_service(
     url: str, pager_seed: Path | None = None, tls_ca: Path | None = None
-) -> AsyncIterator[ReadService]:
+) -> AbstractAsyncContextManager[ReadService]:
     """The sectors' read service (it runs in the pager's process in production), as the pager when
     given its seed, over TLS when given the CA."""
-    nc = await connect(url, "test-read-service", credentials=Credentials("pager", pager_seed) if pager_seed else None,
-                       tls=client_context(tls_ca) if tls_ca else None)
-    service = ReadService(nc)
-    await service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
-        await nc.close()
+    pager = Credentials("pager", pager_seed) if pager_seed else None
+    return serving(url, pager, client_context(tls_ca) if tls_ca else None)
 
 
 async def wait_for(predicate: Callable[[], "asyncio.Future[bool] | bool"], within: float = 30.0) -> None:
