@@ -16,7 +16,6 @@ cannot set). Public records are published to REFBUS_KEYS, each certified by a bu
 trusts the bus keys of its own data dir (the anchor) and through them the rest.
 """
 
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from refbus.contracts import subjects
 from refbus.contracts.events import Event, ReferralEscalated, ReferralOverdue
 from refbus.contracts.vocabulary import Sector
 from refbus.services.audit import proof
+from refbus.services.runtime.secret_files import write_replacing
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -213,16 +213,7 @@ def load_dir(folder: Path) -> Keyring:
 
 
 def _write(folder: Path, key_file: KeyFile, name: str | None = None) -> None:
-    _write_bytes(folder / f"{name or key_file.record.key_id}.key", _file_encoder.encode(key_file))
-
-
-def _write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    tmp.replace(path)
+    write_replacing(folder / f"{name or key_file.record.key_id}.key", _file_encoder.encode(key_file))
 
 
 def export(ring: Keyring, out: Path, event_id_key_hex: str, child_ref_key_hex: str) -> dict[str, list[str]]:
@@ -244,11 +235,11 @@ def export(ring: Keyring, out: Path, event_id_key_hex: str, child_ref_key_hex: s
             if kid is None:
                 raise LookupError(f"no current key for {owner}")
             _write(folder / "keys", ring.files[kid], name=owner)
-        _write_bytes(folder / "keys" / PUBLIC_FILE, public, 0o644)
+        write_replacing(folder / "keys" / PUBLIC_FILE, public, 0o644)
         if service in SERVICES_WITH_EVENT_IDS:
-            _write_bytes(folder / "event-id.key", event_id_key_hex.encode())
+            write_replacing(folder / "event-id.key", event_id_key_hex.encode())
         written[service] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    _write_bytes(out / "child-refs" / "child-ref.key", child_ref_key_hex.encode())
+    write_replacing(out / "child-refs" / "child-ref.key", child_ref_key_hex.encode())
     written["child-refs"] = ["child-ref.key"]
     return written
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import nkeys
 
+from refbus.services.runtime.secret_files import write_once
+
 SERVICES = ("social", "health", "education", "justice", "pager", "deadlines")
 SYSTEMS = ("social-system", "health-system", "education-system", "justice-system")
 IDENTITIES = ("admin", "operator", "auditor", *SERVICES, *SYSTEMS)
@@ -31,22 +33,6 @@ def variable(identity: str) -> str:
 
 def seed_path(folder: Path, identity: str) -> Path:
     return folder / f"{identity}.nk"
-
-
-def _write_owner_only(path: Path, data: bytes) -> None:
-    # Written whole under a name of its own, then linked into place: two processes starting at
-    # once both end up with the first seed written (never a half-written one).
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staged = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    try:
-        os.link(staged, path)
-    except FileExistsError:
-        pass
-    finally:
-        staged.unlink()
 
 
 def public_key(seed_file: Path) -> str:
@@ -70,7 +56,7 @@ def ensure(folder: Path, identities: tuple[str, ...] = IDENTITIES) -> dict[str, 
     for identity in identities:
         path = seed_path(folder, identity)
         if not path.exists():
-            _write_owner_only(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+            write_once(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
     return load(folder, identities)
 
 
@@ -103,7 +89,7 @@ def export(master: Path, out: Path) -> dict[str, list[str]]:
     for identity in IDENTITIES:
         target = seed_path(out / identity / "nats", identity)
         target.unlink(missing_ok=True)  # written again whole: a rotated seed replaces the old one
-        _write_owner_only(target, seed_path(master, identity).read_bytes())
+        write_once(target, seed_path(master, identity).read_bytes())
         written.setdefault(identity, []).append(str(target.relative_to(out / identity)))
     server = out / "nats-server"
     (server / "users").mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from refbus.services.runtime.secret_files import write_once
+
 if TYPE_CHECKING:
     from refbus.services.audit.keys import Keyring
     from refbus.services.runtime.identities import Credentials
@@ -215,21 +217,10 @@ class Settings:
 
 
 def _kept_key(path: Path) -> bytes:
-    """A 256-bit key kept in the data dir: made on first use, readable by its owner only."""
+    """A 256-bit key kept in the data dir: made on first use, readable by its owner only (of processes
+    starting at once, every one reads the first written)."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Written whole under a name of its own, then linked into place: of processes starting at
-        # once, the first link wins and every other reads that key (never a half-written one).
-        staged = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-        try:
-            os.link(staged, path)
-        except FileExistsError:
-            pass
-        finally:
-            staged.unlink()
+        write_once(path, secrets.token_hex(32).encode())
     return bytes.fromhex(path.read_text().strip())
 
 

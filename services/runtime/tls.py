@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from refbus.services.runtime.secret_files import write_replacing
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
@@ -198,18 +200,9 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
-    # Written whole under a name of its own, then renamed into place: a reader never sees half a
-    # key, and a private key is owner-only from its first byte.
-    staged = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(staged, path)
+        write_replacing(path, data, 0o600 if private else 0o644)  # a private key owner-only from its first byte
     except OSError as exc:
-        staged.unlink(missing_ok=True)
         raise CertError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
