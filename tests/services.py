@@ -44,10 +44,19 @@ async def running(url: str, policies: Mapping[Sector, SectorPolicy], **settings:
     dict[Sector, FastStream]
 ]:
     settings.setdefault("event_id_key_hex", TEST_EVENT_ID_KEY.hex())
-    apps = {s: sector_app(s, p, Settings(nats_url=url, **settings)) for s, p in policies.items()}  # type: ignore[arg-type]
-    sector_seed: Path | None = settings.get("nats_seed_file")  # type: ignore[assignment]
-    pager_seed = sector_seed.parent / "pager.nk" if sector_seed else None  # the pager's is beside
-    async with read_service(url, pager_seed, settings.get("tls_ca")):  # type: ignore[arg-type]
+    config = Settings(nats_url=url, **settings)  # type: ignore[arg-type]
+    async with started({s: sector_app(s, p, config) for s, p in policies.items()}, config) as apps:
+        yield apps
+
+
+@asynccontextmanager
+async def started(apps: dict[Sector, FastStream], settings: Settings) -> AsyncIterator[dict[Sector, FastStream]]:
+    """Sector services started for the block's length, beside the read service they read children
+    through (as the pager when they connect with seeds: the pager's lies beside theirs)."""
+    sector_seed = settings.nats_seed_file
+    pager_seed = sector_seed.parent / "pager.nk" if sector_seed else None
+    assert settings.nats_url is not None
+    async with read_service(settings.nats_url, pager_seed, settings.tls_ca):
         for app in apps.values():
             await app.start()
         try:

@@ -28,7 +28,7 @@ from refbus.services.rules.policy import SectorPolicy
 from refbus.services.runtime.embedded import free_port, port_open
 from refbus.services.runtime.settings import Settings
 from refbus.services.sector.app import sector_app
-from tests.services import TEST_EVENT_ID_KEY, read_service, wait_for
+from tests.services import TEST_EVENT_ID_KEY, started, wait_for
 
 NODE_SYSTEM = Path(__file__).with_name("sector_system.js")
 TOKENS = {s: f"test-token-{s.value}-{os.urandom(8).hex()}" for s in Sector}
@@ -106,15 +106,9 @@ async def gateways(
     url: str, policies: Mapping[Sector, SectorPolicy], configs: Mapping[Sector, GatewayConfig], tmp: Path
 ) -> AsyncIterator[dict[Sector, FastStream]]:
     settings = Settings(nats_url=url, event_id_key_hex=TEST_EVENT_ID_KEY.hex(), data_dir=tmp, ack_wait=5.0)
-    apps = {s: sector_app(s, p, settings, gateway=configs[s]) for s, p in policies.items()}
-    async with read_service(url):
-        for app in apps.values():
-            await app.start()
-        try:
-            yield apps
-        finally:
-            for app in apps.values():
-                await app.stop()
+    async with started({s: sector_app(s, p, settings, gateway=configs[s]) for s, p in policies.items()}, settings) \
+            as apps:
+        yield apps
 
 
 def ports(n: int) -> list[int]:
